@@ -1,0 +1,385 @@
+"""The ``cxrbench`` command line. The ONE place that maps errors to exit codes.
+
+Exit codes (as pytest's ``ExitCode``): 0 all cells ok, 1 some cells failed,
+2 interrupted, 3 internal error (a bug), 4 usage or configuration error (one red line,
+no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import PluginError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
+KIND_OF_LIST = {"datasets": "dataset", "backbones": "backbone", "heads": "head", "localizers": "localizer",
+                "executors": "executor"}
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _State:
+    """Lazily built plugin manager and registry, shared by the commands of one call."""
+
+    def __init__(self) -> None:
+        self._pm: Any = None
+        self._registry: Any = None
+
+    @property
+    def pm(self) -> Any:
+        if self._pm is None:
+            from .manager import build_plugin_manager
+
+            self._pm = build_plugin_manager()
+        return self._pm
+
+    @pm.setter
+    def pm(self, value: Any) -> None:
+        self._pm = value
+
+    def reset(self, pm: Any = None) -> None:
+        """Forget the plugin manager and registry (tests pass a hermetic ``pm``)."""
+        self._pm = pm
+        self._registry = None
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from .registry import Registry
+
+            self._registry = Registry.from_plugin_manager(self.pm)
+        return self._registry
+
+
+STATE = _State()
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+results_option = click.option(
+    "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+    show_default=True, envvar="CXRBENCH_RESULTS", help="Results directory (SQLite store + one folder per cell).",
+)
+
+
+class CxrbenchGroup(click.Group):
+    """The root command: loads plugin commands, maps every error to its exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # noqa: D102
+        extra.pop("standalone_mode", None)
+        try:
+            if not getattr(self, "_plugin_commands_added", False):
+                STATE.pm.hook.cxrbench_add_commands(cli=self)
+                self._plugin_commands_added = True
+            super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except (PluginError, UsageError) as exc:
+            _fail(str(exc))
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except Exception as exc:  # a bug, not a user error: say so in one line unless debugging
+            if os.environ.get("CXRBENCH_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set CXRBENCH_DEBUG=1 for the traceback)",
+                  EXIT_INTERNAL)
+        sys.exit(EXIT_OK)
+
+
+@click.group(cls=CxrbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cxrbench")
+def cli() -> None:
+    """Benchmark chest X-ray classifiers and their weakly supervised localization.
+
+    \b
+    Typical session:
+      cxrbench list backbones              what can go in a grid
+      cxrbench validate grids/quickstart.yaml
+      cxrbench run --grid grids/quickstart.yaml
+      cxrbench leaderboard --grid quickstart --format markdown
+
+    Set CXRBENCH_TRACE_PLUGINS=1 to trace every hook call.
+    """
+
+
+# --------------------------------------------------------------------------- grids
+
+
+@cli.command()
+@click.argument("grid_file", type=click.Path(dir_okay=False, path_type=Path))
+def validate(grid_file: Path) -> None:
+    """Check a grid file: YAML, component names, every option. Nothing runs."""
+    from .config import load_grid
+
+    grid = load_grid(grid_file, STATE.registry)
+    n_cells = _count_cells(grid)
+    console.print(f"[green]{grid_file}: ok[/] grid '{grid.name}', {n_cells} cells "
+                  f"({len(grid.datasets)} datasets x {len(grid.backbones)} backbones x {len(grid.heads)} heads x "
+                  f"{len(grid.seeds)} seeds, {len(grid.exclude)} exclusion rules), "
+                  f"{len(grid.localizers)} localizers", highlight=False)
+
+
+def _count_cells(grid: Any) -> int:
+    from .grid import expand
+
+    return len(expand(grid, lambda spec: ""))
+
+
+@cli.command()
+@click.option("--grid", "grid_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The grid YAML file.")
+@results_option
+@click.option("--dry-run", is_flag=True, help="Print the expanded cells (and whether each is done) and stop.")
+@click.option("--executor", default=None, help="Override the grid's executor (e.g. local, process, ray).")
+@click.option("--force", is_flag=True, help="Rerun every cell, even finished ones.")
+@click.option("--rerun-failed", is_flag=True, help="Rerun cells (and localizers) that failed before.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Prepared-image cache (default: RESULTS/cache).")
+@click.option("--no-progress", is_flag=True, help="Plain line-by-line output instead of a live display.")
+@click.option("--wait", is_flag=True, help="If another run uses the results directory, wait for it.")
+def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None, force: bool,
+        rerun_failed: bool, cache_dir: Path | None, no_progress: bool, wait: bool) -> None:
+    """Run a grid: train every cell, evaluate AUROC and localization, print the leaderboard.
+
+    Finished cells are skipped (resume); a failing cell is recorded and the grid goes
+    on. Exit code 0 when every cell is ok, 1 when some failed, 2 when interrupted.
+    """
+    from .config import _component, load_grid
+    from .progress import make_progress
+    from .report import render_tables
+    from .runner import fingerprint_datasets, plan_tasks, run_grid
+    from .store import ResultsStore
+
+    registry = STATE.registry
+    grid = load_grid(grid_file, registry)
+    executor_spec = _component(registry, "executor", executor, "--executor") if executor else None
+    cache_root = str(cache_dir or results_dir / "cache")
+    if dry_run:
+        from .grid import expand
+
+        cells = expand(grid, fingerprint_datasets(grid, cache_root, _warn))
+        statuses: dict[str, str] = {}
+        if (results_dir / "cxrbench.sqlite").exists():
+            with ResultsStore(results_dir) as store:
+                statuses = store.statuses()
+                tasks, _ = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed)
+                pending = {t.cell.cell_id for t in tasks}
+        else:
+            pending = {c.cell_id for c in cells}
+        table = Table(title=f"grid '{grid.name}': {len(cells)} cells", title_justify="left")
+        for col in ("#", "cell", "dataset", "backbone", "head", "seed", "state"):
+            table.add_column(col)
+        for i, c in enumerate(cells, start=1):
+            state = "to run" if c.cell_id in pending else f"done ({statuses.get(c.cell_id, '?')})"
+            a = c.axes
+            table.add_row(str(i), c.cell_id, a["dataset"], a["backbone"], a["head"], str(a["seed"]), state)
+        console.print(table)
+        console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
+                      f"executor: {(executor_spec or grid.executor).name}", highlight=False)
+        return
+    with ResultsStore(results_dir) as store:
+        store.acquire_lock(wait=wait)
+        ui = make_progress(console, enabled=not no_progress)
+        summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
+                           cache_root=cache_root, ui=ui, warn=_warn)
+        records = store.records(grid.name)
+    render_tables(console, records, grid.name)
+    if summary.interrupted:
+        err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done "
+                  f"(results in {results_dir})", highlight=False)
+    if summary.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@results_option
+@click.option("--grid", "grid_name", default=None, help="Only this grid (default: every cell in the store).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+              show_default=True, help="table = rich tables; the others print machine-readable records.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the export to this file instead of standard output.")
+def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None) -> None:
+    """Show the leaderboards of a results directory.
+
+    JSON/CSV/Markdown give one record per (cell, localizer) with the cell's AUROC
+    metrics and that localizer's IoU / IoBB metrics.
+    """
+    from .report import export, render_tables
+    from .store import ResultsStore
+
+    if not (results_dir / "cxrbench.sqlite").exists():
+        raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
+    with ResultsStore(results_dir) as store:
+        if grid_name is not None and grid_name not in store.grids():
+            known = ", ".join(store.grids()) or "none"
+            raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
+        records = store.records(grid_name)
+    if fmt == "table":
+        render_tables(console, records, grid_name)
+        return
+    text = export(records, fmt)
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output)
+        err_console.print(f"wrote {len(records)} records to {output}")
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@cli.command()
+@results_option
+@click.argument("cell_id")
+def show(results_dir: Path, cell_id: str) -> None:
+    """Show one cell's record: config, metrics, and the traceback if it failed."""
+    import json
+
+    from .store import ResultsStore
+
+    with ResultsStore(results_dir) as store:
+        matches = [c for c in store.statuses() if c.startswith(cell_id)]
+        if len(matches) != 1:
+            raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {results_dir}")
+        cell = store.cell(matches[0])
+    assert cell is not None
+    console.print(f"[bold]cell {cell['cell_id']}[/] {cell['dataset']} / {cell['backbone']} / {cell['head']} / "
+                  f"seed {cell['seed']}: {cell['status']}", highlight=False)
+    console.print_json(json.dumps({"config": cell["config"], "metrics": cell["metrics"]}, default=str))
+    if cell["traceback"]:
+        console.print("[red]traceback:[/]")
+        console.print(cell["traceback"], highlight=False, markup=False)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@cli.command()
+def plugins() -> None:
+    """List every plugin: distribution, version, built-in or third-party, components."""
+    pm, registry = STATE.pm, STATE.registry
+    table = Table(title="cxrbench plugins", title_justify="left", header_style="bold")
+    for col in ("plugin", "distribution", "version", "kind", "components"):
+        table.add_column(col)
+    for name, info in sorted(pm.infos.items()):
+        provided = registry.components_of(name)
+        parts = [f"{kind}s: {', '.join(names)}" for kind, names in provided.items()]
+        hooks = sorted(set(_hooks_of(pm, name)) - set(_REGISTRATION_HOOKS))
+        if hooks:
+            parts.append("hooks: " + ", ".join(h.removeprefix("cxrbench_") for h in hooks))
+        table.add_row(name, info.distribution, info.version or "-", "built-in" if info.builtin else "third-party",
+                      "\n".join(parts) or "-")
+    console.print(table)
+
+
+_REGISTRATION_HOOKS = ("cxrbench_register_datasets", "cxrbench_register_backbones",
+                       "cxrbench_register_pooling_heads", "cxrbench_register_localizers",
+                       "cxrbench_register_executors")
+
+
+def _hooks_of(pm: Any, plugin_name: str) -> list[str]:
+    """Names of the hooks a plugin implements."""
+    return [caller.name for caller in pm.get_hookcallers(pm.get_plugin(plugin_name)) or []]
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(sorted(KIND_OF_LIST)))
+def list_components(kind: str) -> None:
+    """List the registered components of one kind, with their options and defaults."""
+    import dataclasses
+
+    registry = STATE.registry
+    component_kind = KIND_OF_LIST[kind]
+    table = Table(title=f"{kind}", title_justify="left", header_style="bold")
+    for col in ("name", "plugin", "description", "options (defaults)"):
+        table.add_column(col)
+    for name, cls, provider in registry.items(component_kind):
+        fields = dataclasses.fields(cls.Options)
+        opts = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name} (required)"
+                         for f in fields)
+        table.add_row(name, provider, cls.describe(), opts or "-")
+    console.print(table)
+    families = [cls for cls, _ in registry._families[component_kind]]
+    for cls in families:
+        console.print(f"[dim]{cls.NAME}: {cls.describe()} — any matching name is accepted.[/]", highlight=False)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@cli.command()
+@click.option("--grid", "grid_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Prepare every dataset of this grid at the grid's input size.")
+@results_option
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache directory (default: RESULTS/cache).")
+@click.option("--workers", type=int, default=None, help="Decoding threads (default: CPU count).")
+@click.option("--split", "splits", multiple=True, help="Only these splits (repeatable; default: all).")
+def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers: int | None,
+            splits: tuple[str, ...]) -> None:
+    """Decode and resize every image once into a uint8 cache that runs then read.
+
+    Resumable: an interrupted prepare continues where it stopped. Unreadable files are
+    reported by name and skipped.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import load_grid
+    from .data import prepare_split
+    from .runner import build_dataset, input_size
+
+    grid = load_grid(grid_file, STATE.registry)
+    cache_root = cache_dir or results_dir / "cache"
+    failures = 0
+    for spec in grid.datasets:
+        dataset = build_dataset(spec, cache_root, _warn)
+        size = input_size(grid.train, dataset)
+        for split_name in splits or dataset.split_names:
+            if split_name not in dataset.split_names:
+                raise UsageError(f"dataset '{spec.name}' has no split {split_name!r} "
+                                 f"(splits: {', '.join(dataset.split_names)})")
+            total = len(dataset.split(split_name))
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, disable=not console.is_terminal) as bars:
+                task = bars.add_task(f"{spec.label()} {split_name} @ {size}px", total=total)
+                report = prepare_split(dataset, split_name, size, cache_root, workers=workers,
+                                       progress=lambda n, t=task: bars.advance(t, n))
+            for image_id, error in report.failed:
+                err_console.print(f"[red]unreadable:[/] {image_id}: {error}", highlight=False)
+            failures += len(report.failed)
+            console.print(f"{spec.label()} {split_name}: {report.decoded} decoded, {report.already_done} already "
+                          f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False)
+    if failures:
+        sys.exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``cxrbench``)."""
+    cli.main(args=argv, prog_name="cxrbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

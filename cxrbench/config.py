@@ -1,0 +1,392 @@
+"""Grid YAML -> a validated, typed :class:`GridSpec`.
+
+Everything is resolved before anything trains: component names against the registry,
+each component's ``options`` against its ``Options`` dataclass, training settings against
+:class:`TrainSpec`. Every error is one :class:`~cxrbench.errors.ConfigError` line that
+starts with the YAML path (``backbones[1]: unknown backbone 'densnet121'; ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .options import options_to_dict, parse_options
+from .registry import Registry
+
+GRID_KEYS = {
+    "name": "grid name; results are grouped by it",
+    "description": "free text shown in reports",
+    "seeds": "list of integer seeds; each is its own cell",
+    "datasets": "list of dataset names or {name, options}",
+    "backbones": "list of backbone names (any timm model) or {name, options}",
+    "heads": "list of pooling head names or {name, options}",
+    "localizers": "list of localizer names or {name, options, threshold}",
+    "train": "training settings (epochs, batch_size, lr, ...)",
+    "evaluation": "evaluation settings (bootstrap, ...)",
+    "localization": "heatmap-to-box settings (threshold policy, tuning, ...)",
+    "executor": "executor name or {name, options}",
+    "exclude": "list of partial combinations to drop, e.g. {backbone: densenet121, head: max}",
+}
+
+AXES = ("dataset", "backbone", "head", "seed")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Training settings shared by every cell of a grid (the ``train:`` block).
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per step.
+        lr: learning rate (the seed project used 1e-4 with Adam).
+        optimizer: ``adam`` (seed), ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
+        weight_decay: L2 / decoupled weight decay.
+        schedule: ``none``, ``cosine`` (to 0 over all epochs) or ``step``.
+        step_size: epochs between decays for ``step``.
+        step_gamma: decay factor for ``step``.
+        loss: ``bce`` or ``weighted_bce`` (ChestX-ray8's W-CEL: positives weighted by
+            |N|/(|P|+|N|), negatives by |P|/(|P|+|N|), per class, from the training split).
+        image_size: square model input size; None = the dataset's native size, else 224.
+        flip: random horizontal flip (the seed project's augmentation; note it moves the
+            heart to the other side).
+        affine_degrees: max rotation of a small random affine (0 = off).
+        affine_scale: max relative scale change of that affine (0 = off).
+        affine_translate: max translation as a fraction of the size (0 = off).
+        brightness: max relative brightness jitter (0 = off).
+        contrast: max relative contrast jitter (0 = off).
+        select_best: keep the epoch with the best validation mean AUROC (else the last).
+        early_stopping: stop after this many epochs without improvement (None = never).
+        amp: mixed precision; None = on when training on CUDA.
+        channels_last: channels-last memory format; None = on when on CUDA.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        eval_batch_size: batch size for prediction and localization (None = 2 x batch_size).
+        num_workers: decoding threads when images come from files (no prepared cache).
+        max_steps_per_epoch: cap on steps per epoch (None = the whole split); for smoke tests.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    schedule: Literal["none", "cosine", "step"] = "none"
+    step_size: int = 10
+    step_gamma: float = 0.1
+    loss: Literal["bce", "weighted_bce"] = "bce"
+    image_size: int | None = None
+    flip: bool = False
+    affine_degrees: float = 0.0
+    affine_scale: float = 0.0
+    affine_translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    select_best: bool = True
+    early_stopping: int | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    max_steps_per_epoch: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if not self.lr > 0:
+            raise ValueError("lr must be positive")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError("image_size must be at least 16")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError("early_stopping must be a positive number of epochs or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+    """Classification evaluation settings (the ``evaluation:`` block).
+
+    Attributes:
+        bootstrap: bootstrap replicates for AUROC confidence intervals (0 = none);
+            patients are resampled, not images.
+        ci: confidence level of the intervals.
+        bootstrap_seed: seed of the resampling (same resamples for every cell, so cells
+            can be compared pairwise).
+    """
+
+    bootstrap: int = 1000
+    ci: float = 0.95
+    bootstrap_seed: int = 0
+
+    def validate(self) -> None:
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap must be >= 0")
+        if not 0 < self.ci < 1:
+            raise ValueError("ci must be between 0 and 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizationSpec:
+    """Localization evaluation settings (the ``localization:`` block).
+
+    Attributes:
+        split: the dataset split whose boxes are scored.
+        threshold: heatmap-to-box policy for every localizer (a localizer entry's own
+            ``threshold`` wins; None = each localizer's default, e.g. the seed's rule).
+        tune: tune the threshold on the ``val`` boxes (never the test boxes) when the
+            dataset has boxes for validation; the chosen values are stored with results.
+        hit_tolerance: pixels of slack for the pointing game (hit rate).
+        max_images: score at most this many boxed images (None = all).
+        save_overlays: PNG overlays saved per localizer for this many boxed images.
+    """
+
+    split: str = "boxes"
+    threshold: dict | None = None
+    tune: bool = False
+    hit_tolerance: float = 0.0
+    max_images: int | None = None
+    save_overlays: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """One resolved component choice: kind, grid name, class and validated options."""
+
+    kind: str
+    name: str
+    cls: type = dataclasses.field(compare=False, repr=False)
+    options: Any = None
+    path: str = ""
+    threshold: dict | None = None  # localizers only
+
+    def options_dict(self) -> dict[str, Any]:
+        """Options as plain JSON-friendly values."""
+        return options_to_dict(self.options)
+
+    def key(self) -> dict[str, Any]:
+        """What identifies this choice (name + options) in a cell id."""
+        out: dict[str, Any] = {"name": self.name, "options": self.options_dict()}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+    def label(self) -> str:
+        """Short display name: the name, plus non-default options."""
+        defaults = options_to_dict(type(self.options)()) if _has_all_defaults(type(self.options)) else {}
+        changed = {k: v for k, v in self.options_dict().items() if defaults.get(k, object()) != v}
+        if not changed:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        return f"{self.name}[{inner}]"
+
+
+def _has_all_defaults(options_cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(options_cls)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A validated grid: everything a run needs, nothing left to look up."""
+
+    name: str
+    seeds: tuple[int, ...]
+    datasets: tuple[ComponentSpec, ...]
+    backbones: tuple[ComponentSpec, ...]
+    heads: tuple[ComponentSpec, ...]
+    localizers: tuple[ComponentSpec, ...]
+    train: TrainSpec
+    evaluation: EvaluationSpec
+    localization: LocalizationSpec
+    executor: ComponentSpec
+    exclude: tuple[dict[str, Any], ...] = ()
+    description: str = ""
+    source: str | None = None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely; errors are one line naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", "no such grid file", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read grid file: {exc.strerror}", source=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"invalid YAML: {where}{problem}", source=str(path)) from None
+
+
+def _component(registry: Registry, kind: str, entry: Any, path: str, *, allow_threshold: bool = False) -> ComponentSpec:
+    threshold = None
+    if isinstance(entry, str):
+        name, raw_options = entry, {}
+    elif isinstance(entry, dict):
+        allowed = {"name", "options"} | ({"threshold"} if allow_threshold else set())
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{path}.{unknown[0]}", f"unknown key; a {kind} entry has keys: {', '.join(sorted(allowed))}"
+            )
+        if "name" not in entry:
+            raise ConfigError(path, f"a {kind} entry needs a 'name'")
+        name, raw_options = entry["name"], entry.get("options") or {}
+        if allow_threshold and entry.get("threshold") is not None:
+            threshold = _threshold(entry["threshold"], f"{path}.threshold")
+    else:
+        raise ConfigError(path, f"expected a {kind} name or a mapping with 'name' and 'options', got {entry!r}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}.name" if isinstance(entry, dict) else path, f"expected a {kind} name, got {name!r}")
+    cls = registry.get(kind, name, path)
+    options = parse_options(cls.Options, raw_options, f"{path}.options", f"{kind} '{name}'")
+    return ComponentSpec(kind=kind, name=name, cls=cls, options=options, path=path, threshold=threshold)
+
+
+def _threshold(raw: Any, path: str) -> dict[str, Any]:
+    from .boxes import ThresholdPolicy
+
+    policy = parse_options(ThresholdPolicy, raw, path, "threshold policy")
+    return options_to_dict(policy)
+
+
+def _axis(registry: Registry, raw: dict, key: str, kind: str, *, required: bool = True, **kw: Any) -> tuple:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(key, f"missing; list at least one {kind}")
+        return ()
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of {kind}s, got {value!r}")
+    if required and not value:
+        raise ConfigError(key, f"empty; list at least one {kind}")
+    specs = tuple(_component(registry, kind, entry, f"{key}[{i}]", **kw) for i, entry in enumerate(value))
+    seen: dict[tuple, int] = {}
+    for i, spec in enumerate(specs):
+        ident = (spec.name, repr(spec.key()))
+        if ident in seen:
+            raise ConfigError(f"{key}[{i}]", f"duplicate of {key}[{seen[ident]}]")
+        seen[ident] = i
+    return specs
+
+
+def parse_grid(raw: Any, registry: Registry, *, source: str | None = None) -> GridSpec:
+    """Validate a grid mapping (as read from YAML) into a :class:`GridSpec`.
+
+    Args:
+        raw: the YAML document.
+        registry: the component registry to resolve names against.
+        source: the file name, for messages.
+
+    Raises:
+        ConfigError: the first problem found, with its YAML path.
+    """
+    try:
+        return _parse_grid(raw, registry, source)
+    except ConfigError as exc:
+        if source and exc.source is None:
+            raise ConfigError(exc.path, exc.message, source=source) from None
+        raise
+
+
+def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
+    if raw is None:
+        raise ConfigError("", "the grid file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"a grid must be a mapping of keys ({', '.join(GRID_KEYS)}), got {type(raw).__name__}")
+    for key in raw:
+        if key not in GRID_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(GRID_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(str(key), f"unknown key{hint} (valid keys: {', '.join(GRID_KEYS)})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError("name", f"expected a grid name of letters, digits, '_', '-', '.', got {name!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("description", "expected text")
+
+    seeds_raw = raw.get("seeds", [0])
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        seeds_raw = [seeds_raw]
+    if not isinstance(seeds_raw, list) or not seeds_raw:
+        raise ConfigError("seeds", f"expected a non-empty list of integers, got {seeds_raw!r}")
+    for i, seed in enumerate(seeds_raw):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"seeds[{i}]", f"expected a non-negative integer, got {seed!r}")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        raise ConfigError("seeds", "duplicate seeds")
+
+    datasets = _axis(registry, raw, "datasets", "dataset")
+    backbones = _axis(registry, raw, "backbones", "backbone")
+    heads = _axis(registry, raw, "heads", "head")
+    localizers = _axis(registry, raw, "localizers", "localizer", required=False, allow_threshold=True)
+
+    train = parse_options(TrainSpec, raw.get("train"), "train", "train")
+    evaluation = parse_options(EvaluationSpec, raw.get("evaluation"), "evaluation", "evaluation")
+    localization = parse_options(LocalizationSpec, raw.get("localization"), "localization", "localization")
+    if localization.threshold is not None:
+        localization = dataclasses.replace(
+            localization, threshold=_threshold(localization.threshold, "localization.threshold")
+        )
+
+    executor_raw = raw.get("executor", "local")
+    executor = _component(registry, "executor", executor_raw, "executor")
+
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise ConfigError("exclude", f"expected a list of mappings, got {exclude!r}")
+    axis_names = {
+        "dataset": {s.name for s in datasets},
+        "backbone": {s.name for s in backbones},
+        "head": {s.name for s in heads},
+        "seed": set(seeds_raw),
+    }
+    for i, rule in enumerate(exclude):
+        if not isinstance(rule, dict) or not rule:
+            raise ConfigError(f"exclude[{i}]", "expected a mapping such as {backbone: densenet121, head: max}")
+        for axis, value in rule.items():
+            if axis not in AXES:
+                raise ConfigError(f"exclude[{i}].{axis}", f"unknown axis; valid: {', '.join(AXES)}")
+            if value not in axis_names[axis]:
+                raise ConfigError(
+                    f"exclude[{i}].{axis}",
+                    f"{value!r} is not in the grid's {axis}s ({', '.join(map(str, sorted(axis_names[axis], key=str)))})",
+                )
+    return GridSpec(
+        name=name,
+        description=description,
+        seeds=tuple(seeds_raw),
+        datasets=datasets,
+        backbones=backbones,
+        heads=heads,
+        localizers=localizers,
+        train=train,
+        evaluation=evaluation,
+        localization=localization,
+        executor=executor,
+        exclude=tuple(exclude),
+        source=source,
+    )
+
+
+def load_grid(path: str | Path, registry: Registry) -> GridSpec:
+    """Read and validate a grid file."""
+    return parse_grid(load_yaml(path), registry, source=str(path))

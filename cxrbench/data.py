@@ -1,0 +1,440 @@
+"""From a dataset's records to normalised batches on the device.
+
+Images are decoded and resized ONCE per (dataset, split, size) into a uint8 array:
+either read from the prepared cache (``cxrbench prepare``, a memory-mapped file) or, when
+there is none, decoded from the originals in a thread pool. Batches stay uint8 until the
+last step: gathered on the host, (pinned and) copied to the device, then converted,
+augmented and normalised there, whole batch at a time. Grey images are never copied into
+three channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .grid import stable_digest
+from .interfaces import Dataset, Split
+from .model import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD
+
+CACHE_FORMAT = 1
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A 2-D uint8 view of a decoded grey image (16-bit scaled to the full 8-bit range)."""
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    image = np.asarray(image, dtype=np.float32)
+    if image.max() <= 1.0:
+        image = image * 255.0
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a grey image to ``size x size`` (area interpolation when shrinking)."""
+    image = to_uint8(image)
+    if image.shape == (size, size):
+        return image
+    shrinking = image.shape[0] >= size and image.shape[1] >= size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+@dataclasses.dataclass
+class PreparedSplit:
+    """A split's images at the model's input size, with boxes scaled to match.
+
+    Attributes:
+        name: split name.
+        split: the dataset's records.
+        images: ``N x S x S`` uint8 (in memory or memory-mapped from the cache).
+        boxes: box table in the ``S x S`` pixel space.
+        source_sizes: ``N x 2`` (height, width) of the images before resizing.
+    """
+
+    name: str
+    split: Split
+    images: np.ndarray
+    boxes: pd.DataFrame
+    source_sizes: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def scale_boxes(boxes: pd.DataFrame, source_sizes: np.ndarray, size: int) -> pd.DataFrame:
+    """Scale boxes from each image's own pixels to ``size x size`` (vectorised)."""
+    if boxes.empty:
+        return boxes.copy()
+    idx = boxes["index"].to_numpy()
+    heights = source_sizes[idx, 0].astype(np.float64)
+    widths = source_sizes[idx, 1].astype(np.float64)
+    out = boxes.copy()
+    out["x"] = boxes["x"].to_numpy() * size / widths
+    out["w"] = boxes["w"].to_numpy() * size / widths
+    out["y"] = boxes["y"].to_numpy() * size / heights
+    out["h"] = boxes["h"].to_numpy() * size / heights
+    return out
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_folder(cache_root: Path, dataset: Dataset, split: str, size: int) -> Path:
+    """Where the prepared images of one (dataset data, split, size) live."""
+    key = stable_digest({"fingerprint": dataset.fingerprint(), "format": CACHE_FORMAT}, 16)
+    return Path(cache_root) / f"{dataset.NAME}-{key}" / f"{split}-{size}"
+
+
+def _meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What ``prepare_split`` did."""
+
+    folder: Path
+    total: int
+    decoded: int
+    already_done: int
+    failed: list[tuple[str, str]]
+
+
+def prepare_split(
+    dataset: Dataset,
+    split_name: str,
+    size: int,
+    cache_root: Path,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    flush_every: int = 256,
+) -> PrepareReport:
+    """Decode and resize every image of a split once into the uint8 cache; resumable.
+
+    The cache is a memory-mapped ``N x S x S`` uint8 file plus a ``done`` mask flushed
+    every ``flush_every`` images, so an interrupted prepare resumes where it stopped.
+    Unreadable images are reported by id and left black (their ``done`` flag stays off,
+    so the cache is marked incomplete and runs fall back to the originals).
+
+    Args:
+        dataset: the dataset to read.
+        split_name: which split.
+        size: square output size.
+        cache_root: the cache root folder.
+        workers: decoding threads (default: CPU count).
+        progress: called with the number of images finished since the last call.
+        flush_every: images between flushes of the resume state.
+
+    Returns:
+        A :class:`PrepareReport`.
+    """
+    split = dataset.split(split_name)
+    n = len(split)
+    folder = cache_folder(cache_root, dataset, split_name, size)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids_digest = stable_digest(list(split.ids), 16)
+    meta = _meta(folder)
+    images_path, done_path, sizes_path = folder / "images.u8", folder / "done.npy", folder / "sizes.npy"
+    fresh = not (meta and meta.get("ids") == ids_digest and meta.get("n") == n and images_path.exists())
+    if fresh:
+        for path in (images_path, done_path, sizes_path):
+            path.unlink(missing_ok=True)
+        _write_json_atomic(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "complete": False})
+    mode = "w+" if not images_path.exists() else "r+"
+    images = np.memmap(images_path, dtype=np.uint8, mode=mode, shape=(max(n, 1), size, size))
+    done = np.load(done_path) if done_path.exists() else np.zeros(n, dtype=bool)
+    sizes = np.load(sizes_path) if sizes_path.exists() else np.zeros((n, 2), dtype=np.int64)
+    todo = np.flatnonzero(~done)
+    already = n - len(todo)
+    if progress and already:
+        progress(already)
+    failed: list[tuple[str, str]] = []
+
+    def work(i: int) -> tuple[int, np.ndarray | None, tuple[int, int] | None, str | None]:
+        try:
+            raw = dataset.read_image(split_name, int(i))
+            return i, resize_square(raw, size), raw.shape[:2], None
+        except Exception as exc:  # reported by name; the rest of the split goes on
+            return i, None, None, f"{type(exc).__name__}: {exc}"
+
+    def flush() -> None:
+        images.flush()
+        np.save(done_path.with_suffix(".tmp.npy"), done)
+        os.replace(done_path.with_suffix(".tmp.npy"), done_path)
+        np.save(sizes_path.with_suffix(".tmp.npy"), sizes)
+        os.replace(sizes_path.with_suffix(".tmp.npy"), sizes_path)
+
+    decoded = 0
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+        try:
+            for count, (i, image, shape, error) in enumerate(pool.map(work, todo), start=1):
+                if error is not None:
+                    failed.append((str(split.ids[i]), error))
+                else:
+                    images[i] = image
+                    sizes[i] = shape
+                    done[i] = True
+                    decoded += 1
+                if progress:
+                    progress(1)
+                if count % flush_every == 0:
+                    flush()
+        finally:
+            flush()
+    complete = bool(done.all())
+    _write_json_atomic(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "complete": complete})
+    return PrepareReport(folder, n, decoded, already, failed)
+
+
+def open_cache(dataset: Dataset, split_name: str, size: int, cache_root: Path | None) -> PreparedSplit | None:
+    """The prepared split from a complete, fresh cache, memory-mapped; None if there is none."""
+    if cache_root is None:
+        return None
+    folder = cache_folder(cache_root, dataset, split_name, size)
+    meta = _meta(folder)
+    split = dataset.split(split_name)
+    if not meta or not meta.get("complete") or meta.get("n") != len(split):
+        return None
+    if meta.get("ids") != stable_digest(list(split.ids), 16):
+        return None
+    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(max(len(split), 1), size, size))
+    sizes = np.load(folder / "sizes.npy")
+    return PreparedSplit(split_name, split, images[: len(split)], scale_boxes(split.boxes, sizes, size), sizes)
+
+
+def load_split(
+    dataset: Dataset,
+    split_name: str,
+    size: int,
+    *,
+    cache_root: Path | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PreparedSplit:
+    """A split at ``size``: from the prepared cache when fresh, else decoded now in memory."""
+    cached = open_cache(dataset, split_name, size, cache_root)
+    if cached is not None:
+        if progress:
+            progress(len(cached))
+        return cached
+    split = dataset.split(split_name)
+    n = len(split)
+    images = np.zeros((n, size, size), dtype=np.uint8)
+    sizes = np.zeros((n, 2), dtype=np.int64)
+
+    def work(i: int) -> None:
+        raw = dataset.read_image(split_name, i)
+        sizes[i] = raw.shape[:2]
+        images[i] = resize_square(raw, size)
+        if progress:
+            progress(1)
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
+        list(pool.map(work, range(n)))
+    if split.image_sizes is not None:
+        sizes = np.asarray(split.image_sizes, dtype=np.int64)
+    return PreparedSplit(split_name, split, images, scale_boxes(split.boxes, sizes, size), sizes)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Batch-wise augmentation on the device (all off by default)."""
+
+    flip: bool = False
+    degrees: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip or self.degrees or self.scale or self.translate or self.brightness or self.contrast)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``N x 1 x H x W`` images in [0, 1]."""
+        n = x.shape[0]
+        dev = x.device
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(n, generator=generator, device="cpu").to(dev) * (high - low) + low
+
+        if self.flip:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(dev).view(n, 1, 1, 1)
+            x = torch.where(flip, x.flip(-1), x)
+        if self.degrees or self.scale or self.translate:
+            angle = uniform(-self.degrees, self.degrees) * (torch.pi / 180)
+            scale = uniform(1 - self.scale, 1 + self.scale)
+            tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.brightness or self.contrast:
+            b = uniform(-self.brightness, self.brightness).view(n, 1, 1, 1)
+            c = uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1)
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            x = ((x - mean) * c + mean + b).clamp_(0, 1)
+        return x
+
+
+def normalise(batch_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``N x H x W`` uint8 (on any device) -> ``N x 1 x H x W`` normalised float."""
+    scale = 1.0 / (255.0 * IMAGENET_GREY_STD)
+    shift = IMAGENET_GREY_MEAN / IMAGENET_GREY_STD
+    return batch_u8.unsqueeze(1).to(dtype).mul_(scale).sub_(shift)
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalise` to [0, 1] (for pictures)."""
+    return (x * IMAGENET_GREY_STD + IMAGENET_GREY_MEAN).clamp(0, 1)
+
+
+class BatchLoader:
+    """Iterate over (images, labels, indices) batches of a prepared split on a device.
+
+    A background thread gathers the next batch's uint8 rows (and pins them on CUDA)
+    while the device works on the current one.
+
+    Args:
+        data: the prepared split.
+        batch_size: images per batch.
+        device: target device.
+        shuffle: reshuffle every epoch (seeded).
+        seed: seed of the shuffling and augmentation streams.
+        augment: device-side augmentation (None = none).
+        channels_last: return images in channels-last memory format.
+        drop_last: drop a last incomplete batch (training).
+        indices: iterate over these rows only.
+        max_batches: stop after this many batches per epoch.
+    """
+
+    def __init__(
+        self,
+        data: PreparedSplit,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        channels_last: bool = False,
+        drop_last: bool = False,
+        indices: np.ndarray | None = None,
+        max_batches: int | None = None,
+    ) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment if augment is not None and augment.active else None
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+        self.max_batches = max_batches
+        labels = np.asarray(data.split.labels, dtype=np.float32)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.pin = device.type == "cuda"
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        count = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last and count == 0 and n > 0:
+            count = 1  # a split smaller than one batch still trains
+        return count if self.max_batches is None else min(count, self.max_batches)
+
+    def _order(self) -> list[np.ndarray]:
+        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return batches[: len(self)]
+
+    def _gather(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        sorted_rows = np.sort(rows)  # sequential reads from a memory map
+        host = torch.from_numpy(np.ascontiguousarray(self.data.images[sorted_rows]))
+        if self.pin:
+            host = host.pin_memory()
+        return host, sorted_rows
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        batches = self._order()
+        q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def producer() -> None:
+            try:
+                for rows in batches:
+                    if stop.is_set():
+                        return
+                    q.put(self._gather(rows))
+            except BaseException as exc:  # surfaced in the consumer
+                q.put(exc)
+                return
+            q.put(None)
+
+        thread = threading.Thread(target=producer, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                host, rows = item
+                batch = host.to(self.device, non_blocking=True)
+                if self.augment is not None:
+                    x = batch.unsqueeze(1).float().div_(255.0)
+                    x = self.augment(x, self.generator)
+                    x = (x - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD
+                else:
+                    x = normalise(batch)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = self.labels[torch.from_numpy(rows).to(self.device, non_blocking=True)]
+                yield x, y, rows
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)

@@ -1,0 +1,110 @@
+"""Grid spec -> cells: the cartesian product, minus exclusions, with stable ids.
+
+A cell is one dataset x backbone x head x seed. Its id is a digest of everything that
+determines its trained model and metrics (components with options, training and
+evaluation settings, seed, and the dataset's data fingerprint), so the same
+configuration always has the same id and a finished cell is found again on resume.
+Localizers are not part of the cell id: adding a localizer to a grid evaluates the
+existing trained cells again without retraining them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .config import ComponentSpec, GridSpec
+from .options import options_to_dict
+
+ID_LENGTH = 12
+
+
+def stable_digest(payload: Any, length: int = ID_LENGTH) -> str:
+    """Hex digest of a JSON-serialisable payload (keys sorted, so order never matters)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One trainable unit of a grid."""
+
+    grid: str
+    dataset: ComponentSpec
+    backbone: ComponentSpec
+    head: ComponentSpec
+    seed: int
+    data_fingerprint: str
+    cell_id: str
+    config: dict[str, Any]
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        """Display values of the cell's axes."""
+        return {
+            "dataset": self.dataset.label(),
+            "backbone": self.backbone.label(),
+            "head": self.head.label(),
+            "seed": self.seed,
+        }
+
+
+def localizer_key(spec: ComponentSpec, default_threshold: dict | None) -> str:
+    """Stable key of a localizer choice: name + options + effective threshold settings."""
+    return stable_digest({"localizer": spec.key(), "threshold": spec.threshold or default_threshold}, 10)
+
+
+def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec, head: ComponentSpec, seed: int,
+                data_fingerprint: str) -> dict[str, Any]:
+    """The resolved configuration that defines a cell (and so its id)."""
+    return {
+        "dataset": dataset.key(),
+        "data_fingerprint": data_fingerprint,
+        "backbone": backbone.key(),
+        "head": head.key(),
+        "seed": seed,
+        "train": options_to_dict(grid.train),
+        "evaluation": options_to_dict(grid.evaluation),
+    }
+
+
+def _excluded(grid: GridSpec, values: dict[str, Any]) -> bool:
+    return any(all(values[axis] == want for axis, want in rule.items()) for rule in grid.exclude)
+
+
+def expand(grid: GridSpec, fingerprint: Callable[[ComponentSpec], str]) -> list[Cell]:
+    """Expand ``grid`` into cells, in a stable order (dataset, backbone, head, seed).
+
+    Args:
+        grid: the validated grid.
+        fingerprint: returns the data fingerprint of a dataset choice (called once each).
+
+    Returns:
+        The cells, excluded combinations removed.
+    """
+    fingerprints = {i: fingerprint(ds) for i, ds in enumerate(grid.datasets)}
+    cells = []
+    for (di, dataset), backbone, head, seed in itertools.product(
+        enumerate(grid.datasets), grid.backbones, grid.heads, grid.seeds
+    ):
+        names = {"dataset": dataset.name, "backbone": backbone.name, "head": head.name, "seed": seed}
+        if _excluded(grid, names):
+            continue
+        config = cell_config(grid, dataset, backbone, head, seed, fingerprints[di])
+        cells.append(
+            Cell(
+                grid=grid.name,
+                dataset=dataset,
+                backbone=backbone,
+                head=head,
+                seed=seed,
+                data_fingerprint=fingerprints[di],
+                cell_id=stable_digest(config),
+                config=config,
+            )
+        )
+    return cells

@@ -1,0 +1,311 @@
+"""The results store: SQLite for records, a folder per cell for artifacts.
+
+One process writes (the runner's main process); every finished cell, with all its
+localizer rows, is written in ONE transaction, so an interrupted run never leaves a
+half-written record. Artifacts are written to temporary names and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+DB_NAME = "cxrbench.sqlite"
+LOCK_NAME = ".run.lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    head TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    traceback TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    info TEXT NOT NULL DEFAULT '{}',
+    started_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS grid_cells (
+    grid TEXT NOT NULL,
+    cell_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (grid, cell_id)
+);
+CREATE TABLE IF NOT EXISTS localizations (
+    cell_id TEXT NOT NULL,
+    localizer_key TEXT NOT NULL,
+    localizer TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    settings TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (cell_id, localizer_key)
+);
+CREATE TABLE IF NOT EXISTS grids (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf with None so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """JSON text for the store (NaN -> null, sorted keys)."""
+    return json.dumps(_json_safe(value), sort_keys=True, default=str)
+
+
+class ResultsStore:
+    """The SQLite database and artifact folders under one results directory.
+
+    Args:
+        root: the results directory (created if missing).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create results directory {self.root}: {exc.strerror}") from None
+        self.db_path = self.root / DB_NAME
+        try:
+            self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.db_path}: not a cxrbench results database ({exc})") from None
+        self._lock_file: Any = None
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def close(self) -> None:
+        self.release_lock()
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def acquire_lock(self, wait: bool = False) -> None:
+        """Take the run lock of this results directory (one ``run`` at a time).
+
+        Raises:
+            UsageError: another run holds it and ``wait`` is False.
+        """
+        path = self.root / LOCK_NAME
+        handle = open(path, "a+")  # noqa: SIM115 (held for the run's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(
+                f"{self.root} is in use by another cxrbench run ({owner}); wait for it, or use --results DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock_file = handle
+
+    def release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ artifacts
+
+    def cell_dir(self, cell_id: str) -> Path:
+        """The artifact folder of a cell (checkpoint, predictions, overlays)."""
+        return self.root / "cells" / cell_id
+
+    # ------------------------------------------------------------------ writes
+
+    def register_grid(self, name: str, spec: dict[str, Any], cell_ids: Iterable[str]) -> None:
+        """Remember a grid's spec and which cells belong to it (in order)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO grids(name, spec, updated_at) VALUES (?, ?, ?)",
+                (name, dumps(spec), time.time()),
+            )
+            conn.execute("DELETE FROM grid_cells WHERE grid = ?", (name,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, ?)",
+                [(name, cid, i) for i, cid in enumerate(cell_ids)],
+            )
+
+    def write_result(self, grid: str, result: dict[str, Any]) -> None:
+        """Write one finished cell and all its localizer rows atomically.
+
+        Args:
+            grid: the grid the cell ran for.
+            result: a dict with keys ``cell_id``, ``axes`` (dataset/backbone/head/seed),
+                ``config``, ``status``, ``error``, ``traceback``, ``metrics``, ``info``,
+                ``started_at``, ``finished_at`` and ``localizations`` (a list of dicts
+                with ``key``, ``name``, ``status``, ``error``, ``metrics``, ``settings``).
+        """
+        axes = result["axes"]
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT OR REPLACE INTO cells(cell_id, dataset, backbone, head, seed, config, status,
+                   error, traceback, metrics, info, started_at, finished_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    result["cell_id"], axes["dataset"], axes["backbone"], axes["head"], int(axes["seed"]),
+                    dumps(result.get("config", {})), result["status"], result.get("error"),
+                    result.get("traceback"), dumps(result.get("metrics", {})), dumps(result.get("info", {})),
+                    result.get("started_at"), result.get("finished_at"),
+                ),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, "
+                "(SELECT COALESCE(MAX(position), -1) + 1 FROM grid_cells WHERE grid = ?))",
+                (grid, result["cell_id"], grid),
+            )
+            for loc in result.get("localizations", []):
+                conn.execute(
+                    """INSERT OR REPLACE INTO localizations(cell_id, localizer_key, localizer, status, error,
+                       metrics, settings) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (result["cell_id"], loc["key"], loc["name"], loc["status"], loc.get("error"),
+                     dumps(loc.get("metrics", {})), dumps(loc.get("settings", {}))),
+                )
+
+    def delete_cells(self, cell_ids: Iterable[str]) -> None:
+        """Forget cells (``--force``): records and localizer rows, in one transaction."""
+        ids = list(cell_ids)
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM localizations WHERE cell_id = ?", [(i,) for i in ids])
+            conn.executemany("DELETE FROM cells WHERE cell_id = ?", [(i,) for i in ids])
+
+    # ------------------------------------------------------------------ reads
+
+    def statuses(self) -> dict[str, str]:
+        """``{cell_id: status}`` of every recorded cell."""
+        return dict(self._conn.execute("SELECT cell_id, status FROM cells").fetchall())
+
+    def localizer_keys(self, cell_id: str) -> dict[str, str]:
+        """``{localizer_key: status}`` recorded for one cell."""
+        rows = self._conn.execute(
+            "SELECT localizer_key, status FROM localizations WHERE cell_id = ?", (cell_id,)
+        ).fetchall()
+        return dict(rows)
+
+    def cell(self, cell_id: str) -> dict[str, Any] | None:
+        """One cell's record, decoded, or None."""
+        rows = self._cells("WHERE c.cell_id = ?", (cell_id,))
+        return rows[0] if rows else None
+
+    def grids(self) -> list[str]:
+        """Names of every grid in the store, most recently run first."""
+        return [r[0] for r in self._conn.execute("SELECT name FROM grids ORDER BY updated_at DESC")]
+
+    def grid_spec(self, name: str) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT spec FROM grids WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _cells(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
+        query = (
+            "SELECT c.cell_id, c.dataset, c.backbone, c.head, c.seed, c.config, c.status, c.error, "
+            "c.traceback, c.metrics, c.info, c.started_at, c.finished_at FROM cells c " + where
+        )
+        out = []
+        for row in self._conn.execute(query, params).fetchall():
+            (cid, ds, bb, hd, seed, config, status, error, tb, metrics, info, started, finished) = row
+            out.append({
+                "cell_id": cid, "dataset": ds, "backbone": bb, "head": hd, "seed": seed,
+                "config": json.loads(config), "status": status, "error": error, "traceback": tb,
+                "metrics": json.loads(metrics), "info": json.loads(info),
+                "started_at": started, "finished_at": finished,
+            })
+        return out
+
+    def cells(self, grid: str | None = None) -> list[dict[str, Any]]:
+        """Cell records (of one grid, in grid order, when ``grid`` is given)."""
+        if grid is None:
+            return self._cells("ORDER BY c.finished_at")
+        rows = self._cells("JOIN grid_cells g ON g.cell_id = c.cell_id WHERE g.grid = ? ORDER BY g.position",
+                           (grid,))
+        for row in rows:
+            row["grid"] = grid
+        return rows
+
+    def records(self, grid: str | None = None) -> list[dict[str, Any]]:
+        """Leaderboard records: one per (cell, localizer); a cell without localizer rows gives one.
+
+        Each record has ``cell_id``, ``grid``, ``dataset``, ``backbone``, ``head``,
+        ``localizer``, ``seed``, ``status``, ``error`` and ``metrics`` (the cell's
+        classification metrics merged with that localizer's localization metrics).
+        """
+        grids_of: dict[str, list[str]] = {}
+        for g, cid in self._conn.execute("SELECT grid, cell_id FROM grid_cells ORDER BY position"):
+            grids_of.setdefault(cid, []).append(g)
+        locs: dict[str, list[tuple]] = {}
+        for row in self._conn.execute(
+            "SELECT cell_id, localizer_key, localizer, status, error, metrics, settings FROM localizations "
+            "ORDER BY localizer"
+        ):
+            locs.setdefault(row[0], []).append(row[1:])
+        out = []
+        for cell in self.cells(grid):
+            base = {
+                "cell_id": cell["cell_id"],
+                "grid": grid or ",".join(grids_of.get(cell["cell_id"], [])),
+                "dataset": cell["dataset"], "backbone": cell["backbone"], "head": cell["head"],
+                "seed": cell["seed"], "status": cell["status"], "error": cell["error"],
+                "info": cell["info"],
+            }
+            rows = locs.get(cell["cell_id"]) or [(None, None, None, None, "{}", "{}")]
+            for key, name, lstatus, lerror, lmetrics, settings in rows:
+                record = dict(base)
+                record["localizer"] = name
+                record["localizer_key"] = key
+                metrics = dict(cell["metrics"])
+                metrics.update(json.loads(lmetrics))
+                record["metrics"] = metrics
+                record["localizer_status"] = lstatus
+                record["localizer_error"] = lerror
+                record["localizer_settings"] = json.loads(settings)
+                out.append(record)
+        return out

@@ -1,0 +1,281 @@
+"""The ``chexpert`` dataset: CheXpert v1.0 / v1.0-small laid out as Stanford publishes it.
+
+``root`` is the folder that holds ``CheXpert-v1.0-small/`` (or ``CheXpert-v1.0/``), or
+that folder itself::
+
+    CheXpert-v1.0-small/
+      train.csv    valid.csv
+      train/patientNNNNN/studyN/view1_frontal.jpg ...
+      valid/...
+
+Table paths start with the release folder's name (``CheXpert-v1.0-small/train/...``);
+they are read relative to the release folder whatever it is called on disk. Only the
+images present are used (a partial download works, with one warning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.errors import UsageError
+from cxrbench.imageio import read_grey, scan_files
+from cxrbench.interfaces import Dataset, DatasetContext, Split
+from cxrbench.options import options_to_dict
+
+from .labels import apply_policy, resolve_classes, resolve_uncertain
+
+RELEASE_FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+TABLES = {"train": "train.csv", "test": "valid.csv"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _patient_of(path: str) -> str:
+    start = path.find("patient")
+    if start < 0:
+        return path
+    end = path.find("/", start)
+    return path[start:] if end < 0 else path[start:end]
+
+
+def patient_ids(paths: pd.Series) -> list[str]:
+    """The ``patientNNNNN`` folder of each table path (the whole path when there is none).
+
+    Plain ``str.find`` per path measured faster here than pandas' regex extract or
+    NumPy's vectorised string functions (0.16 s vs 0.28 s and 0.7 s for 223k paths).
+    """
+    return [_patient_of(p) for p in paths.fillna("").tolist()]
+
+
+def patient_split(patients: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Pick ``round(val_fraction * P)`` of the P distinct patients for validation.
+
+    Returns the chosen patient ids (use with ``np.isin``).
+
+    The patients are sorted before the seeded shuffle, so the choice depends only on
+    the published table and the seed (not on row order or on which images are present).
+    """
+    unique = np.sort(pd.unique(np.asarray(patients, dtype=object)).astype(str))
+    n_val = int(round(val_fraction * len(unique)))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return unique[order[:n_val]]
+
+
+@dataclasses.dataclass
+class _Loaded:
+    splits: dict[str, Split]
+    paths: dict[str, list[str]]
+
+
+class CheXpert(Dataset):
+    """CheXpert: 14 observations with uncertain labels; test = the published valid.csv."""
+
+    NAME = "chexpert"
+    HAS_BOXES: ClassVar[bool] = False
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        """Options of the ``chexpert`` dataset.
+
+        Attributes:
+            root: the release folder, or the folder that holds it.
+            classes: ``competition5`` (Atelectasis, Cardiomegaly, Consolidation, Edema,
+                Pleural Effusion), ``all14`` or a list of observation names.
+            uncertain: what uncertain (-1) labels become: ``ignore`` (NaN, masked out),
+                ``zeros``, ``ones``, ``seed`` (ones for Edema and Atelectasis, zeros for
+                the rest) or ``{finding: ignore|zeros|ones}`` (others: ignore). Blank
+                labels are always 0.
+            frontal_only: keep frontal views only (all splits).
+            oversample_positives: list training rows with any positive label twice, as
+                the seed project did.
+            val_fraction: fraction of train.csv's patients held out as ``val``.
+            split_seed: seed of that patient-level split.
+
+        """
+
+        root: str
+        classes: str | tuple[str, ...] = "competition5"
+        uncertain: str | dict = "ignore"
+        frontal_only: bool = True
+        oversample_positives: bool = False
+        val_fraction: float = 0.1
+        split_seed: int = 0
+
+        def validate(self) -> None:
+            """Check the class list, the uncertain policy and the validation fraction."""
+            resolve_uncertain(self.uncertain, resolve_classes(self.classes))
+            if not 0.0 <= self.val_fraction < 1.0:
+                raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def __init__(self, options: Options, context: DatasetContext | None = None) -> None:
+        super().__init__(options, context or DatasetContext())
+        options.validate()
+        self.classes = list(resolve_classes(options.classes))
+        self._uncertain = resolve_uncertain(options.uncertain, tuple(self.classes))
+        self.release = self._locate_release(Path(os.path.expanduser(options.root)).resolve())
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ files
+
+    def _locate_release(self, root: Path) -> Path:
+        if not root.is_dir():
+            raise UsageError(f"chexpert: root {self.options.root} is not a folder")
+        candidates = [root] + [root / name for name in RELEASE_FOLDERS]
+        for folder in candidates:
+            if any((folder / table).is_file() for table in TABLES.values()):
+                missing = [t for t in TABLES.values() if not (folder / t).is_file()]
+                if missing:
+                    raise UsageError(f"chexpert: missing under {folder}: {', '.join(missing)}")
+                return folder
+        raise UsageError(
+            f"chexpert: no train.csv / valid.csv in {root} or in {root}/{RELEASE_FOLDERS[0]} "
+            f"(or {RELEASE_FOLDERS[1]})"
+        )
+
+    def _read_table(self, path: Path) -> pd.DataFrame:
+        header = pd.read_csv(path, nrows=0).columns
+        needed = ["Path", "Frontal/Lateral", *self.classes]
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise UsageError(f"{path}: no column(s) {', '.join(map(repr, missing))}")
+        try:
+            frame = pd.read_csv(
+                path, usecols=needed, dtype={c: "float32" for c in self.classes} | {"Path": str}
+            )
+        except (ValueError, pd.errors.ParserError) as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{path}: cannot parse: {detail}") from None
+        return frame
+
+    def _table_prefix(self, paths: pd.Series) -> str:
+        """The release-folder prefix the table's paths start with (``""`` when none)."""
+        first = next((p for p in paths.head(1000) if isinstance(p, str) and p), "")
+        head = first.split("/", 1)[0] if "/" in first else ""
+        return head + "/" if head.startswith("CheXpert-v1.0") or head == self.release.name else ""
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> _Loaded:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._build()
+            return self._loaded
+
+    def _build(self) -> _Loaded:
+        opts = self.options
+        frames = {name: self._read_table(self.release / table) for name, table in TABLES.items()}
+        # One walk of the release folder finds the images present. Table paths are
+        # only looked up among them (links leaving the folder are refused), so no
+        # table entry can point outside it, and no file is stat'ed per table row.
+        found = scan_files(self.release, suffixes=IMAGE_SUFFIXES)
+        if not found:
+            raise UsageError(f"chexpert: no images (.jpg, .png) under {self.release}")
+        for frame in frames.values():
+            prefix = self._table_prefix(frame["Path"])
+            frame["file"] = frame["Path"].map({prefix + rel: path for rel, path in found.items()})
+            frame["patient"] = patient_ids(frame["Path"])
+
+        # Patients are drawn from the whole table so the split does not move as more
+        # images are downloaded or the view filter changes.
+        train_frame = frames["train"]
+        val_patients = patient_split(train_frame["patient"].to_numpy(), opts.val_fraction, opts.split_seed)
+        is_val = train_frame["patient"].isin(val_patients).to_numpy()
+        selections = {
+            "train": (train_frame, ~is_val),
+            "val": (train_frame, is_val),
+            "test": (frames["test"], np.ones(len(frames["test"]), dtype=bool)),
+        }
+
+        n_wanted = n_present = 0
+        splits: dict[str, Split] = {}
+        split_paths: dict[str, list[str]] = {}
+        for name, (frame, chosen) in selections.items():
+            if opts.frontal_only:
+                chosen = chosen & (frame["Frontal/Lateral"].to_numpy() == "Frontal")
+            files = frame["file"].to_numpy(dtype=object)
+            present = chosen & pd.notna(files)
+            n_wanted += int(chosen.sum())
+            n_present += int(present.sum())
+            rows = np.flatnonzero(present)
+            labels = apply_policy(
+                frame[self.classes].to_numpy(dtype=np.float32)[rows], tuple(self.classes), self._uncertain
+            )
+            ids = frame["Path"].to_numpy(dtype=object)[rows]
+            patients = frame["patient"].to_numpy(dtype=object)[rows]
+            files = files[rows]
+            if name == "train" and opts.oversample_positives:
+                ids, patients, labels, files = _repeat_positives(ids, patients, labels, files)
+            splits[name] = Split(ids=list(ids), patient_ids=list(patients), labels=labels)
+            split_paths[name] = list(files)
+        self._warn_missing(n_wanted, n_present)
+        return _Loaded(splits=splits, paths=split_paths)
+
+    def _warn_missing(self, n_wanted: int, n_present: int) -> None:
+        what = "frontal images" if self.options.frontal_only else "images"
+        if n_wanted and not n_present:
+            raise UsageError(f"chexpert: none of the {n_wanted:,} listed {what} is under {self.release}")
+        if n_present < n_wanted:
+            self.context.warn(
+                f"chexpert: {n_wanted - n_present:,} of {n_wanted:,} listed {what} are missing under "
+                f"{self.release} (partial download?); using the {n_present:,} present"
+            )
+
+    # ------------------------------------------------------------------ contract
+
+    def split(self, name: str) -> Split:
+        """Records of ``train`` / ``val`` (patient-disjoint parts of train.csv) or
+        ``test`` (valid.csv).
+        """
+        loaded = self._load()
+        if name not in loaded.splits:
+            raise UsageError(f"chexpert has no split {name!r}; splits: {', '.join(loaded.splits)}")
+        return loaded.splits[name]
+
+    def image_path(self, split: str, index: int) -> str:
+        """The file of image ``index`` of ``split``."""
+        self.split(split)
+        return self._load().paths[split][index]
+
+    def read_image(self, split: str, index: int) -> np.ndarray:
+        """Image ``index`` of ``split`` as a 2-D uint8 grey array."""
+        return read_grey(self.image_path(split, index))
+
+    def fingerprint(self) -> str:
+        """Options (without ``root``) plus a digest of the tables and used images' names and sizes."""
+        if self._fingerprint is None:
+            loaded = self._load()
+            digest = hashlib.sha256()
+            for table in TABLES.values():
+                digest.update(f"{table}\t{(self.release / table).stat().st_size}\n".encode())
+            release = str(self.release)
+            for path in sorted({p for paths in loaded.paths.values() for p in paths}):
+                digest.update(f"{os.path.relpath(path, release)}\t{os.stat(path).st_size}\n".encode())
+            chosen = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
+            self._fingerprint = f"{self.NAME}:{json.dumps(chosen, sort_keys=True)}:{digest.hexdigest()[:16]}"
+        return self._fingerprint
+
+
+def _repeat_positives(
+    ids: np.ndarray, patients: np.ndarray, labels: np.ndarray, paths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """List rows with any positive label twice (next to each other), as the seed did.
+
+    The copy's id gets a ``#2`` suffix so ids stay unique within the split.
+    """
+    take = np.repeat(np.arange(len(ids)), 1 + (labels == 1.0).any(axis=1))
+    copy = np.zeros(len(take), dtype=bool)
+    copy[1:] = take[1:] == take[:-1]
+    new_ids = ids[take].astype(object)
+    new_ids[copy] = [f"{i}#2" for i in new_ids[copy]]
+    return new_ids, patients[take], labels[take], paths[take]

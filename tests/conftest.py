@@ -1,0 +1,58 @@
+"""Shared fixtures: hermetic plugin managers, registries, a tiny grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrbench.manager import build_plugin_manager
+from cxrbench.registry import Registry
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def builtin_plugins():
+    import cxrbench_cam
+    import cxrbench_executors
+    import cxrbench_heads
+    import cxrbench_timm
+
+    return [("executors", cxrbench_executors), ("heads", cxrbench_heads), ("cam", cxrbench_cam),
+            ("timm", cxrbench_timm)]
+
+
+@pytest.fixture
+def toy_pm():
+    """Built-in executors/heads/localizers/backbones + the toy test plugin, no entry points."""
+    from tests.plugins import toy
+
+    return build_plugin_manager(plugins=[*builtin_plugins(), ("toy", toy)], entry_points=False)
+
+
+@pytest.fixture
+def toy_registry(toy_pm):
+    return Registry.from_plugin_manager(toy_pm)
+
+
+TINY_GRID = {
+    "name": "tiny",
+    "seeds": [0],
+    "datasets": [{"name": "toy", "options": {"num_images": 64, "image_size": 32}}],
+    "backbones": [{"name": "tiny", "options": {"width": 4}}],
+    "heads": ["avg", "max"],
+    "localizers": ["cam", "gradcam"],
+    "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
+    "evaluation": {"bootstrap": 20},
+}
+
+
+@pytest.fixture
+def tiny_grid_dict():
+    import copy
+
+    return copy.deepcopy(TINY_GRID)

@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from cxrbench.config import TrainSpec, load_grid, parse_grid
+from cxrbench.errors import ConfigError
+
+
+def test_valid_grid(toy_registry, tiny_grid_dict):
+    grid = parse_grid(tiny_grid_dict, toy_registry)
+    assert grid.name == "tiny"
+    assert [h.name for h in grid.heads] == ["avg", "max"]
+    assert grid.datasets[0].options.num_images == 64
+    assert grid.train == TrainSpec(epochs=2, batch_size=16, lr=0.01)
+    assert grid.executor.name == "local"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda g: g["backbones"].append("densnet121"),
+         "backbones[1]: unknown backbone 'densnet121'; did you mean 'densenet121'?"),
+        (lambda g: g.update(heads=[]), "heads: empty; list at least one head"),
+        (lambda g: g.pop("datasets"), "datasets: missing; list at least one dataset"),
+        (lambda g: g.update(seeds=[0, "one"]), "seeds[1]: expected a non-negative integer, got 'one'"),
+        (lambda g: g.update(trian={}), "trian: unknown key; did you mean 'train'?"),
+        (lambda g: g["train"].update(epochs="3"), "train.epochs: expected an integer, got '3'"),
+        (lambda g: g["train"].update(optimizer="adagrad"), "train.optimizer: expected one of"),
+        (lambda g: g["train"].update(epochs=0), "train: train: epochs must be at least 1"),
+        (lambda g: g["datasets"][0]["options"].update(bogus=1), "datasets[0].options.bogus: unknown option"),
+        (lambda g: g.update(heads=["avg", "avg"]), "heads[1]: duplicate of heads[0]"),
+        (lambda g: g.update(exclude=[{"backbone": "resnet50"}]), "exclude[0].backbone: 'resnet50' is not in"),
+        (lambda g: g.update(exclude=[{"optimizer": "x"}]), "exclude[0].optimizer: unknown axis"),
+        (lambda g: g.update(localizers=[{"name": "cam", "threshold": {"policy": "magic"}}]),
+         "localizers[0].threshold.policy: expected one of"),
+        (lambda g: g.update(executor={"name": "local", "options": {"workers": 2}}),
+         "executor.options.workers: unknown option"),
+        (lambda g: g.update(name="has space"), "name: expected a grid name"),
+        (lambda g: g.update(backbones=[{"options": {}}]), "backbones[0]: a backbone entry needs a 'name'"),
+        (lambda g: g.update(backbones=[{"name": "tiny", "opts": {}}]), "backbones[0].opts: unknown key"),
+        (lambda g: g.update(backbones=[3]), "backbones[0]: expected a backbone name"),
+    ],
+)
+def test_errors_name_the_yaml_path(toy_registry, tiny_grid_dict, mutate, expected):
+    mutate(tiny_grid_dict)
+    with pytest.raises(ConfigError) as info:
+        parse_grid(tiny_grid_dict, toy_registry)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors(toy_registry, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseeds: [0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML: line \d+"):
+        load_grid(bad, toy_registry)
+    with pytest.raises(ConfigError, match="no such grid file"):
+        load_grid(tmp_path / "missing.yaml", toy_registry)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml: the grid file is empty"):
+        load_grid(empty, toy_registry)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="a grid must be a mapping"):
+        load_grid(listy, toy_registry)
+
+
+def test_yaml_is_loaded_safely(toy_registry, tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_grid(evil, toy_registry)
+
+
+def test_quickstart_grid_validates():
+    from pathlib import Path
+
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+
+    registry = Registry.from_plugin_manager(build_plugin_manager())
+    grid = load_grid(Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml", registry)
+    assert grid.name == "quickstart"
+    assert yaml  # imported for safe_load elsewhere
