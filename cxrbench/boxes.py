@@ -349,7 +349,7 @@ class _PairScores:
 
 
 def _segment_starts(lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return (np.cumsum(lengths) - lengths).astype(np.int64)
 
 
 def _score_pairs(pairs: Sequence[LocalizationPair], hit_tolerance: float) -> _PairScores:

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from cxrbench.errors import ConfigError, UsageError
 from cxrbench.manager import build_plugin_manager
+from cxrbench.options import parse_options
 from cxrbench.registry import Registry
 
 
@@ -97,6 +98,16 @@ def test_options_validation():
     with pytest.raises(ValueError, match="model_kwargs"):
         TimmOptions(model_kwargs={"num_classes": 3}).validate()
     TimmOptions(pretrained="/some/file.pth", attention="fpa").validate()
+
+
+def test_options_parse_from_yaml_values():
+    parsed = parse_options(TimmOptions, {"pretrained": True, "attention": "se", "model_kwargs": {"a": 1}}, "p", "b")
+    assert parsed.pretrained is True and parsed.attention == "se" and parsed.model_kwargs == {"a": 1}
+    assert parse_options(TimmOptions, {"pretrained": "w.pth"}, "p", "b").pretrained == "w.pth"
+    with pytest.raises(ConfigError, match="attention"):
+        parse_options(TimmOptions, {"attention": "cbam"}, "backbones[0].options", "backbone 'resnet18'")
+    with pytest.raises(ConfigError, match="in_chans"):
+        parse_options(TimmOptions, {"in_chans": 4}, "backbones[0].options", "backbone 'resnet18'")
 
 
 def test_model_kwargs_reach_timm(registry):

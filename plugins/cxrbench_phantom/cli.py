@@ -40,7 +40,7 @@ def phantom() -> None:
       cxrbench phantom preview --out phantom.png
       cxrbench phantom export --layout nih --out data/nih-phantom --num-images 500
       cxrbench phantom export --layout chexpert --out data/chexpert-phantom --uncertain-rate 0.2
-    """
+    """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
 
 
 @phantom.command("export")
@@ -50,17 +50,34 @@ def phantom() -> None:
     "coordinates), train_val_list.txt, test_list.txt. chexpert: CheXpert-v1.0-small/train.csv, "
     "valid.csv and JPEGs under train/ and valid/.",
 )  # fmt: skip
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write into (created if missing; files of the same names are replaced).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write into (created if missing; files of the same names are replaced).",
+)
 @click.option("--num-images", type=int, default=1000, show_default=True, help="Number of images, all splits.")
-@click.option("--image-size", type=int, default=None,
-              help="Side of the written images in pixels [default: 256 for nih, 320 for chexpert].")
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Side of the written images in pixels [default: 256 for nih, 320 for chexpert].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
-@click.option("--difficulty", type=float, default=0.3, show_default=True,
-              help="Lesion conspicuity: 0 = obvious, 1 = contrast near the noise level.")
-@click.option("--uncertain-rate", type=float, default=None,
-              help="chexpert only: share of present findings labelled -1.0 (uncertain) in train.csv "
-              "[default: 0.1].")
+@click.option(
+    "--difficulty",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Lesion conspicuity: 0 = obvious, 1 = contrast near the noise level.",
+)
+@click.option(
+    "--uncertain-rate",
+    type=float,
+    default=None,
+    help="chexpert only: share of present findings labelled -1.0 (uncertain) in train.csv [default: 0.1].",
+)
 def export(
     layout: str, out: Path, num_images: int, image_size: int | None, seed: int, difficulty: float,
     uncertain_rate: float | None,
@@ -91,7 +108,9 @@ def export(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done)
 
-        common = dict(num_images=num_images, image_size=size, seed=seed, difficulty=difficulty, progress=progress)
+        common = dict(
+            num_images=num_images, image_size=size, seed=seed, difficulty=difficulty, progress=progress
+        )
         try:
             if layout == "nih":
                 write_nih_layout(out, **common)  # type: ignore[arg-type]
@@ -103,14 +122,26 @@ def export(
 
 
 @phantom.command("preview")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG file to write the contact sheet to.")
-@click.option("--count", type=click.IntRange(1, 64), default=12, show_default=True, help="Images on the sheet.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file to write the contact sheet to.",
+)
+@click.option(
+    "--count", type=click.IntRange(1, 64), default=12, show_default=True, help="Images on the sheet."
+)
 @click.option("--columns", type=click.IntRange(1, 16), default=4, show_default=True, help="Images per row.")
 @click.option("--image-size", type=int, default=256, show_default=True, help="Side of each image, pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Phantom seed.")
-@click.option("--difficulty", type=float, default=0.3, show_default=True,
-              help="Lesion conspicuity: 0 = obvious, 1 = contrast near the noise level.")
+@click.option(
+    "--difficulty",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Lesion conspicuity: 0 = obvious, 1 = contrast near the noise level.",
+)
 def preview(out: Path, count: int, columns: int, image_size: int, seed: int, difficulty: float) -> None:
     """Draw phantom images with every lesion's box and finding, to look at.
 

@@ -63,6 +63,7 @@ class Cohort:
         view: ``N`` str, ``PA`` or ``AP``.
         findings: ``N x 8`` bool over :data:`CLASSES` (restricted to the chosen classes).
         split: ``N`` str, ``train``, ``val`` or ``test``; patients never straddle splits.
+
     """
 
     patient: np.ndarray
@@ -148,6 +149,7 @@ def make_cohort(
 
     Returns:
         The :class:`Cohort`.
+
     """
     patient, follow_up = _patients(num_images, seed)
     rng = np.random.default_rng([seed, STREAM_COHORT, 2])

@@ -33,6 +33,7 @@ class Options:
         no_finding_fraction: share of images without any finding.
         val_fraction: share of images (whole patients) in the ``val`` split.
         test_fraction: share of images (whole patients) in the ``test`` split.
+
     """
 
     num_images: int = 1000
@@ -157,13 +158,24 @@ class PhantomDataset(Dataset):
         if not records:
             return empty_boxes()
         table = pd.DataFrame(records, columns=["index", "class_index", "x", "y", "w", "h"])
-        return table.astype({"index": "int64", "class_index": "int64", "x": "float64", "y": "float64", "w": "float64", "h": "float64"})
+        return table.astype(
+            {
+                "index": "int64",
+                "class_index": "int64",
+                "x": "float64",
+                "y": "float64",
+                "w": "float64",
+                "h": "float64",
+            }
+        )
 
     def read_image(self, split: str, index: int) -> np.ndarray:
         """Render image ``index`` of ``split``: ``image_size x image_size`` uint8."""
         rows = self.rows(split)
         if not 0 <= index < len(rows):
-            raise IndexError(f"split {split!r} of dataset 'phantom' has {len(rows)} images, asked for {index}")
+            raise IndexError(
+                f"split {split!r} of dataset 'phantom' has {len(rows)} images, asked for {index}"
+            )
         return self.generator.image(int(rows[index]))
 
     def fingerprint(self) -> str:

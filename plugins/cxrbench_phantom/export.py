@@ -112,6 +112,7 @@ def write_nih_layout(
 
     Raises:
         ValueError: for an out-of-range option (the message names it).
+
     """
     options = _options(
         num_images=num_images, image_size=image_size, seed=seed, difficulty=difficulty, classes=classes,
@@ -144,7 +145,7 @@ def write_nih_layout(
     _write_lines(root / "BBox_List_2017.csv", NIH_BBOX_HEADER, boxes)
     test = cohort.split == "test"
     for file, keep in (("train_val_list.txt", ~test), ("test_list.txt", test)):
-        (root / file).write_text("".join(f"{n}\n" for n, k in zip(names, keep) if k))
+        (root / file).write_text("".join(f"{n}\n" for n, k in zip(names, keep, strict=True) if k))
     return root
 
 
@@ -167,11 +168,12 @@ def chexpert_labels(
 
     Returns:
         ``{column: cell text}`` for ``No Finding`` and every finding column.
+
     """
     positive = {col for f in findings for col in CHEXPERT_MAP[f]}
     cells = {"No Finding": "1.0" if not findings else ("" if train else "0.0")}
     draws = rng.random((len(CHEXPERT_FINDINGS), 2))
-    for column, (u_uncertain, u_negative) in zip(CHEXPERT_FINDINGS, draws):
+    for column, (u_uncertain, u_negative) in zip(CHEXPERT_FINDINGS, draws, strict=True):
         if not train:
             cells[column] = "1.0" if column in positive else "0.0"
         elif column in positive:
@@ -224,6 +226,7 @@ def write_chexpert_layout(
 
     Raises:
         ValueError: for an out-of-range option (the message names it).
+
     """
     if not 0.0 <= uncertain_rate <= 1.0:
         raise ValueError(f"uncertain_rate must be between 0 and 1, got {uncertain_rate}")
@@ -239,10 +242,13 @@ def write_chexpert_layout(
     label_rng = np.random.default_rng([seed, 0xC4E])
     for i in range(len(gen)):
         part = "valid" if cohort.split[i] == "test" else "train"
-        rel = f"{part}/patient{int(cohort.patient[i]):05d}/study{int(cohort.follow_up[i]) + 1}/view1_frontal.jpg"
+        study = f"patient{int(cohort.patient[i]):05d}/study{int(cohort.follow_up[i]) + 1}"
+        rel = f"{part}/{study}/view1_frontal.jpg"
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         _write_image(base / rel, gen.image(i), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        cells = chexpert_labels(gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate, rng=label_rng)
+        cells = chexpert_labels(
+            gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate, rng=label_rng
+        )
         record = {
             "Path": f"{CHEXPERT_ROOT}/{rel}",
             "Sex": "Male" if cohort.sex[i] == "M" else "Female",

@@ -26,6 +26,7 @@ class PhantomGenerator:
         no_finding_fraction: share of images without any finding.
         val_fraction: share of images (whole patients) in the validation split.
         test_fraction: share of images (whole patients) in the test split.
+
     """
 
     def __init__(
@@ -71,4 +72,7 @@ class PhantomGenerator:
     def masks(self, i: int) -> list[tuple[str, np.ndarray]]:
         """``(finding, mask)`` of every lesion of image ``i`` (uint8 0/1 masks)."""
         scene = self.scene(i)
-        return [(lesion.name, m) for lesion, m in zip(scene.lesions, render.lesion_masks(scene, self.image_size))]
+        return [
+            (lesion.name, m)
+            for lesion, m in zip(scene.lesions, render.lesion_masks(scene, self.image_size), strict=True)
+        ]

@@ -40,6 +40,7 @@ def ellipse(cx: float, cy: float, ax: float, ay: float, angle_deg: float = 0.0, 
 
     Returns:
         ``n x 2`` float array.
+
     """
     return rotate(_unit_circle(n) * (ax, ay), angle_deg) + (cx, cy)
 
@@ -59,6 +60,7 @@ def blob(
 
     Returns:
         ``n x 2`` float array.
+
     """
     t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
     k = np.arange(2, 2 + len(harmonics))[:, None]
@@ -124,6 +126,7 @@ def fill(canvas: np.ndarray, polygons: list[np.ndarray], value: float, disjoint:
         polygons: ``k x 2`` int32 arrays (or one ``n x k x 2`` array).
         value: the fill value.
         disjoint: the polygons never overlap, so one cv2 call can draw them all.
+
     """
     if disjoint:
         cv2.fillPoly(canvas, list(polygons), value, lineType=cv2.LINE_8, shift=SHIFT)

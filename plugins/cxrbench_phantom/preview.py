@@ -19,6 +19,11 @@ COLOURS = {
     "Pneumonia": (0, 128, 255),
     "Pneumothorax": (200, 200, 255),
 }
+SHORT = {
+    "Atelectasis": "Atel", "Cardiomegaly": "Card", "Effusion": "Eff", "Infiltration": "Inf",
+    "Mass": "Mass", "Nodule": "Nod", "Pneumonia": "Pna", "Pneumothorax": "Ptx",
+}  # fmt: skip
+"""Box captions: the usual radiology abbreviations, so Pneumonia and Pneumothorax differ."""
 
 
 def pick_images(gen: PhantomGenerator, count: int) -> list[int]:
@@ -52,6 +57,7 @@ def contact_sheet(gen: PhantomGenerator, images: list[int], columns: int = 4) ->
 
     Returns:
         A BGR uint8 image.
+
     """
     size = gen.image_size
     scale = max(1.0, 256 / size)  # small phantoms are enlarged so the text stays legible
@@ -65,13 +71,23 @@ def contact_sheet(gen: PhantomGenerator, images: list[int], columns: int = 4) ->
             p0 = (int(x * scale), int(y * scale))
             p1 = (int((x + w) * scale) - 1, int((y + h) * scale) - 1)
             cv2.rectangle(bgr, p0, p1, COLOURS[name], 1)
-            cv2.putText(bgr, name[:5], (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_PLAIN, 0.8, COLOURS[name], 1)
+            cv2.putText(
+                bgr, SHORT[name], (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_PLAIN, 0.8, COLOURS[name], 1
+            )
         r, c = divmod(n, columns)
         y0 = r * (tile + 18)
         sheet[y0 : y0 + tile, c * tile : (c + 1) * tile] = bgr
         caption = f"{gen.cohort.image_id(i)}: {', '.join(gen.findings(i)) or 'No Finding'}"
-        cv2.putText(sheet, caption[:48], (c * tile + 3, y0 + tile + 13), cv2.FONT_HERSHEY_PLAIN, 0.8, (230, 230, 230), 1)
+        cv2.putText(
+            sheet,
+            caption[:48],
+            (c * tile + 3, y0 + tile + 13),
+            cv2.FONT_HERSHEY_PLAIN,
+            0.8,
+            (230, 230, 230),
+            1,
+        )
     return sheet
 
 
-__all__ = ["CLASSES", "COLOURS", "contact_sheet", "pick_images"]
+__all__ = ["CLASSES", "COLOURS", "SHORT", "contact_sheet", "pick_images"]

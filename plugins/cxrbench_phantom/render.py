@@ -41,10 +41,14 @@ def _vignette(size: int) -> np.ndarray:
 def lung_masks(scene: Scene, size: int, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 0/1 masks of the two visible lung fields (the heart shadow excluded)."""
     heart = 1 - g.mask_of(size, list(scene.heart), matrix)
-    return g.mask_of(size, [scene.lungs[0]], matrix) & heart, g.mask_of(size, [scene.lungs[1]], matrix) & heart
+    return g.mask_of(size, [scene.lungs[0]], matrix) & heart, g.mask_of(
+        size, [scene.lungs[1]], matrix
+    ) & heart
 
 
-def lesion_mask(lesion: Lesion, size: int, matrix: np.ndarray, lungs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def lesion_mask(
+    lesion: Lesion, size: int, matrix: np.ndarray, lungs: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """The drawn shape of one lesion: uint8 0/1, never empty.
 
     Args:
@@ -52,6 +56,7 @@ def lesion_mask(lesion: Lesion, size: int, matrix: np.ndarray, lungs: tuple[np.n
         size: image size in pixels.
         matrix: the scene's pose matrix for ``size``.
         lungs: the scene's lung masks (:func:`lung_masks`).
+
     """
     mask = g.mask_of(size, list(lesion.include), matrix)
     if lesion.clip_to_lung:
@@ -76,7 +81,8 @@ def lesion_masks(scene: Scene, size: int) -> list[np.ndarray]:
 def boxes(scene: Scene, size: int) -> list[tuple[str, int, int, int, int]]:
     """``(finding, x, y, w, h)`` of every lesion: the tight bounding rectangle of its mask."""
     return [
-        (lesion.name, *cv2.boundingRect(mask)) for lesion, mask in zip(scene.lesions, lesion_masks(scene, size))
+        (lesion.name, *cv2.boundingRect(mask))
+        for lesion, mask in zip(scene.lesions, lesion_masks(scene, size), strict=True)
     ]
 
 
@@ -167,6 +173,7 @@ def render(scene: Scene, size: int, difficulty: float, rng: np.random.Generator)
 
     Returns:
         ``size x size`` uint8 array.
+
     """
     matrix = scene.matrix(size)
     scale = scene.pose[0] * size
@@ -191,9 +198,11 @@ def render(scene: Scene, size: int, difficulty: float, rng: np.random.Generator)
     g.fill(extra, px(scene.ribs), 0.06, disjoint=True)
     g.lines(extra, px(scene.clavicles), 0.11, round(0.022 * scale))
     g.fill(extra, px(VERTEBRAE), 0.07, disjoint=True)
-    vessels = g.lines(np.zeros((size, size), np.float32), px(_vessels(scene, rng)), 0.11, round(0.004 * scale))
+    vessels = g.lines(
+        np.zeros((size, size), np.float32), px(_vessels(scene, rng)), 0.11, round(0.004 * scale)
+    )
     aerated = lungs[0] | lungs[1]
-    for lesion, mask in zip(scene.lesions, masks):
+    for lesion, mask in zip(scene.lesions, masks, strict=True):
         if lesion.name == "Pneumothorax":  # no lung markings beyond the collapsed lung
             aerated &= 1 - mask
     extra += vessels * aerated
@@ -201,14 +210,19 @@ def render(scene: Scene, size: int, difficulty: float, rng: np.random.Generator)
     img = cv2.GaussianBlur(img, (0, 0), _sigma(size, 0.005))
 
     k = contrast_scale(difficulty)
-    for lesion, mask in zip(scene.lesions, masks):
-        placed = _lesion_layer(lesion, mask, size, k, rng)
+    for lesion, mask in zip(scene.lesions, masks, strict=True):
+        # Each lesion's texture comes from its own stream, so the anatomy, noise and
+        # exposure of an image, and its other lesions, do not depend on this one (which
+        # also lets a test remove one lesion and see exactly its pixels change).
+        placed = _lesion_layer(lesion, mask, size, k, np.random.default_rng(lesion.seed))
         if placed is not None:
             ys, xs, layer = placed
             img[ys, xs] += layer
         if lesion.name == "Pneumothorax":
             # The visceral pleural line: the edge of the collapsed lung, inside the chest.
-            line = g.lines(np.zeros((size, size), np.float32), [px(lesion.exclude[0])], 1.0, round(0.004 * scale))
+            line = g.lines(
+                np.zeros((size, size), np.float32), [px(lesion.exclude[0])], 1.0, round(0.004 * scale)
+            )
             line *= cv2.dilate(mask, np.ones((3, 3), np.uint8)) & lungs[lesion.side]
             img += cv2.GaussianBlur(line, (0, 0), _sigma(size, 0.003)) * (0.12 * k)
 

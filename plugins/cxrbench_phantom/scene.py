@@ -63,6 +63,9 @@ class Lesion:
         exclude: polygons removed from the shape (the collapsed lung of a pneumothorax).
         contrast: attenuation added inside the mask at difficulty 0 (negative = darker).
         params: extra numbers the renderer uses (texture scale, angle...).
+        seed: seed of this lesion's own texture stream (so one lesion's pixels do not
+            depend on the others).
+
     """
 
     name: str
@@ -72,6 +75,7 @@ class Lesion:
     exclude: tuple[np.ndarray, ...] = ()
     contrast: float = 0.25
     params: tuple[float, ...] = ()
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Scene:
         ribs: ``n x k x 2``, one band polygon per rib (both sides).
         clavicles: ``2 x k x 2``, two open polylines.
         lesions: the planted lesions.
+
     """
 
     findings: tuple[str, ...]
@@ -142,7 +147,10 @@ def _heart(prng: np.random.Generator, rng: np.random.Generator, enlarge: float) 
     # about the cardiac base, so the cardiothoracic ratio rises past 0.5.
     base = (0.49, 0.55)
     sy = 1.0 + 0.6 * (enlarge - 1.0)
-    return (g.scale_about(ventricles, base, enlarge, sy), g.scale_about(atrium, base, 1.0 + 0.7 * (enlarge - 1.0), sy))
+    return (
+        g.scale_about(ventricles, base, enlarge, sy),
+        g.scale_about(atrium, base, 1.0 + 0.7 * (enlarge - 1.0), sy),
+    )
 
 
 def _ribs(prng: np.random.Generator, lungs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -284,10 +292,16 @@ def sample_scene(
 
     Returns:
         The :class:`Scene`.
+
     """
     rng = np.random.default_rng([seed, STREAM_SCENE, index])
     prng = np.random.default_rng([seed, STREAM_PATIENT, patient])
-    pose = (rng.uniform(0.9, 1.06), rng.uniform(-5.0, 5.0), rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.03))
+    pose = (
+        rng.uniform(0.9, 1.06),
+        rng.uniform(-5.0, 5.0),
+        rng.uniform(-0.04, 0.04),
+        rng.uniform(-0.04, 0.03),
+    )
 
     # Findings that change anatomy are decided first: volume loss moves the lung base
     # the other lesions are placed in, and cardiomegaly enlarges the heart.
@@ -334,6 +348,8 @@ def sample_scene(
             lesions += [_pneumonia(rng, lungs) for _ in range(int(rng.choice([1, 1, 1, 2])))]
         else:  # pragma: no cover - findings come from CLASSES
             raise ValueError(f"unknown finding {name!r}")
+    seeds = rng.integers(0, 2**63, size=len(lesions))
+    lesions = [dataclasses.replace(lesion, seed=int(s)) for lesion, s in zip(lesions, seeds, strict=True)]
     return Scene(
         findings=tuple(findings),
         pose=pose,

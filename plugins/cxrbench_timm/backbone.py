@@ -132,8 +132,7 @@ class TimmBackbone(Backbone):
 
     def __init__(self, options: TimmOptions | None = None, *, name: str | None = None) -> None:
         options = options if options is not None else self.Options()
-        super().__init__(options)
-        self.name = name or self.NAME
+        super().__init__(options, name=name)
         arch = timm_model_name(self.name)
         if not timm.is_model(arch):
             hint = " (the timm family itself: name a model, e.g. 'timm/convnext_tiny')" if arch == "timm" else ""

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cxrbench import cli as cli_module
+
+
+@pytest.fixture
+def run_cli(toy_pm):
+    cli_module.STATE.reset(toy_pm)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
+
+    yield invoke
+    cli_module.STATE.reset()
+
+
+@pytest.fixture
+def grid_file(tmp_path, tiny_grid_dict):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    return path
+
+
+def test_help_teaches(run_cli):
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    assert "cxrbench run --grid" in result.output
+    assert "--dry-run" in run_cli("run", "--help").output
+
+
+def test_validate_ok_and_errors(run_cli, grid_file, tmp_path):
+    result = run_cli("validate", grid_file)
+    assert result.exit_code == 0, result.output
+    assert "2 cells" in result.output
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(grid_file.read_text())
+    data["backbones"] = ["tiny", "densnet121"]
+    bad.write_text(yaml.safe_dump(data))
+    result = run_cli("validate", bad)
+    assert result.exit_code == 4
+    assert "backbones[1]: unknown backbone 'densnet121'; did you mean 'densenet121'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_exit_4(run_cli, tmp_path):
+    assert run_cli("run", "--grid", tmp_path / "missing.yaml").exit_code == 4
+    assert run_cli("run").exit_code == 4  # missing --grid
+    assert run_cli("leaderboard", "--results", tmp_path / "nothing").exit_code == 4
+    assert run_cli("list", "gadgets").exit_code == 4
+
+
+def test_dry_run_lists_cells(run_cli, grid_file, tmp_path):
+    result = run_cli("run", "--grid", grid_file, "--results", tmp_path / "r", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("to run") == 2
+    assert not (tmp_path / "r" / "cxrbench.sqlite").exists()
+
+
+def test_list_and_plugins(run_cli):
+    result = run_cli("list", "heads")
+    assert result.exit_code == 0
+    for name in ("avg", "max", "lse", "pcam"):
+        assert name in result.output
+    result = run_cli("plugins")
+    assert result.exit_code == 0
+    assert "toy" in result.output and "third-party" in result.output and "built-in" in result.output
+
+
+def test_run_then_leaderboard_then_resume(run_cli, grid_file, tmp_path):
+    results = tmp_path / "r"
+    result = run_cli("run", "--grid", grid_file, "--results", results, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "Classification leaderboard" in result.output
+    out = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "json")
+    records = json.loads(out.output)
+    assert len(records) == 4  # 2 cells x 2 localizers
+    for r in records:
+        assert {"cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status", "metrics"} <= set(r)
+        assert r["status"] == "ok"
+        assert {"auroc_mean", "auroc/Blob", "auroc/Bar", "iou_mean", "iobb_mean"} <= set(r["metrics"])
+    csv = run_cli("leaderboard", "--results", results, "--format", "csv").output
+    assert csv.splitlines()[0].startswith("cell_id,grid,dataset,backbone,head,localizer,seed,status")
+    md = run_cli("leaderboard", "--results", results, "--format", "markdown").output
+    assert md.startswith("| cell_id |")
+    again = run_cli("run", "--grid", grid_file, "--results", results, "--no-progress")
+    assert again.exit_code == 0
+    assert "0 ok, 0 failed, 2 already done" in again.output
+    assert run_cli("leaderboard", "--results", results, "--grid", "nope").exit_code == 4
+
+
+def test_failing_cell_is_recorded_and_grid_goes_on(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict["backbones"] = ["tiny", "exploding"]
+    tiny_grid_dict["heads"] = ["avg"]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    results = tmp_path / "r"
+    result = run_cli("run", "--grid", path, "--results", results, "--no-progress")
+    assert result.exit_code == 1
+    assert "1 ok, 1 failed" in result.output
+    records = json.loads(run_cli("leaderboard", "--results", results, "--format", "json").output)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert failed and "boom in forward" in failed[0]["error"]
+    shown = run_cli("show", "--results", results, failed[0]["cell_id"][:8])
+    assert "Traceback" in shown.output and "boom in forward" in shown.output
