@@ -406,8 +406,8 @@ def _key(t: float) -> str:
 
 
 def _class_means(values: np.ndarray, cls: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class mean of per-pair ``values`` (``P`` or ``P x J``); NaN for classes without pairs."""
-    vals = values.reshape(values.shape[0], -1).astype(np.float64)
+    """Per-class mean of per-pair ``values`` (``P x J``); NaN for classes without pairs."""
+    vals = values.astype(np.float64)
     onehot = np.zeros((n_classes, cls.size))
     onehot[cls, np.arange(cls.size)] = 1.0
     counts = onehot.sum(axis=1)

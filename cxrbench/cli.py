@@ -103,7 +103,7 @@ class CxrbenchGroup(click.Group):
 @click.group(cls=CxrbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxrbench")
 def cli() -> None:
-    """Benchmark chest X-ray classifiers and their weakly supervised localization.
+    r"""Benchmark chest X-ray classifiers and their weakly supervised localization.
 
     \b
     Typical session:

@@ -69,6 +69,7 @@ class TrainSpec:
         eval_batch_size: batch size for prediction and localization (None = 2 x batch_size).
         num_workers: decoding threads when images come from files (no prepared cache).
         max_steps_per_epoch: cap on steps per epoch (None = the whole split); for smoke tests.
+
     """
 
     epochs: int = 3
@@ -119,6 +120,7 @@ class EvaluationSpec:
         ci: confidence level of the intervals.
         bootstrap_seed: seed of the resampling (same resamples for every cell, so cells
             can be compared pairwise).
+
     """
 
     bootstrap: int = 1000
@@ -145,6 +147,7 @@ class LocalizationSpec:
         hit_tolerance: pixels of slack for the pointing game (hit rate).
         max_images: score at most this many boxed images (None = all).
         save_overlays: PNG overlays saved per localizer for this many boxed images.
+
     """
 
     split: str = "boxes"
@@ -295,6 +298,7 @@ def parse_grid(raw: Any, registry: Registry, *, source: str | None = None) -> Gr
 
     Raises:
         ConfigError: the first problem found, with its YAML path.
+
     """
     try:
         return _parse_grid(raw, registry, source)
@@ -368,7 +372,8 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
             if value not in axis_names[axis]:
                 raise ConfigError(
                     f"exclude[{i}].{axis}",
-                    f"{value!r} is not in the grid's {axis}s ({', '.join(map(str, sorted(axis_names[axis], key=str)))})",
+                    f"{value!r} is not in the grid's {axis}s "
+                    f"({', '.join(map(str, sorted(axis_names[axis], key=str)))})",
                 )
     return GridSpec(
         name=name,

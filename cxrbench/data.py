@@ -67,6 +67,7 @@ class PreparedSplit:
         images: ``N x S x S`` uint8 (in memory or memory-mapped from the cache).
         boxes: box table in the ``S x S`` pixel space.
         source_sizes: ``N x 2`` (height, width) of the images before resizing.
+
     """
 
     name: str
@@ -159,6 +160,7 @@ def prepare_split(
 
     Returns:
         A :class:`PrepareReport`.
+
     """
     split = dataset.split(split_name)
     n = len(split)
@@ -342,6 +344,7 @@ class BatchLoader:
         drop_last: drop a last incomplete batch (training).
         indices: iterate over these rows only.
         max_batches: stop after this many batches per epoch.
+
     """
 
     def __init__(

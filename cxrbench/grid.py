@@ -85,6 +85,7 @@ def expand(grid: GridSpec, fingerprint: Callable[[ComponentSpec], str]) -> list[
 
     Returns:
         The cells, excluded combinations removed.
+
     """
     fingerprints = {i: fingerprint(ds) for i, ds in enumerate(grid.datasets)}
     cells = []

@@ -37,6 +37,7 @@ def cxrbench_register_datasets() -> Any:
 
     Returns:
         A :class:`cxrbench.interfaces.Dataset` subclass, a list of them, or None.
+
     """
 
 
@@ -49,6 +50,7 @@ def cxrbench_register_backbones() -> Any:
 
     Returns:
         A class, a list of classes, or None.
+
     """
 
 
@@ -58,6 +60,7 @@ def cxrbench_register_pooling_heads() -> Any:
 
     Returns:
         A class, a list of classes, or None.
+
     """
 
 
@@ -67,6 +70,7 @@ def cxrbench_register_localizers() -> Any:
 
     Returns:
         A class, a list of classes, or None.
+
     """
 
 
@@ -76,6 +80,7 @@ def cxrbench_register_executors() -> Any:
 
     Returns:
         A class, a list of classes, or None.
+
     """
 
 
@@ -93,6 +98,7 @@ def cxrbench_cells_collected(grid: GridSpec, cells: list[Cell], pending: list[Ce
         grid: the validated grid spec.
         cells: every cell of the grid.
         pending: the cells that will run now (the others are already in the store).
+
     """
 
 
@@ -106,6 +112,7 @@ def cxrbench_run_cell(task: CellTask) -> CellResult | None:
 
     Args:
         task: the cell, its resolved config and where its artifacts go.
+
     """
 
 
@@ -118,6 +125,7 @@ def cxrbench_cell_finished(task: CellTask, result: CellResult) -> None:
     Args:
         task: the cell that finished.
         result: its record, ``status`` ``ok`` or ``failed``.
+
     """
 
 
@@ -133,6 +141,7 @@ def cxrbench_leaderboard_columns(records: list[dict[str, Any]]) -> Any:
 
     Returns:
         A mapping ``{column name: list of values, one per record}``, or None.
+
     """
 
 

@@ -144,6 +144,8 @@ def scan_files(
     root: str | os.PathLike[str],
     subdirs: Iterable[str] = (".",),
     suffixes: Iterable[str] | None = None,
+    *,
+    by_name: bool = False,
 ) -> dict[str, str]:
     """Every file under ``root/subdir`` (recursively), found in one directory walk.
 
@@ -155,9 +157,11 @@ def scan_files(
         subdirs: folders, relative to ``root``, to walk; missing ones are skipped.
         suffixes: keep only files whose lower-cased name ends with one of these
             (e.g. ``(".png",)``); None keeps every file.
+        by_name: key the result by file name alone (the first file found of each
+            name wins), for datasets whose tables name files without folders.
 
     Returns:
-        ``{path relative to root, with "/" separators: absolute path}``.
+        ``{path relative to root with "/" separators (or file name): absolute path}``.
 
     Raises:
         UsageError: when a subdir or a link inside it leads outside ``root``.
@@ -180,17 +184,24 @@ def scan_files(
         seen_dirs.add(folder)
         with os.scandir(folder) as entries:
             for entry in entries:
-                rel = prefix + entry.name
+                # d_type answers these two without a system call on common file systems.
                 if entry.is_symlink():
-                    target = safe_join(root_resolved, rel)
+                    target = safe_join(root_resolved, prefix + entry.name)
                     if target.is_dir():
-                        stack.append((rel + "/", str(target)))
-                    elif target.is_file() and (ends is None or entry.name.lower().endswith(ends)):
-                        found[rel] = str(target)
+                        stack.append((prefix + entry.name + "/", str(target)))
+                        continue
+                    if not target.is_file():
+                        continue
+                    path = str(target)
                 elif entry.is_dir(follow_symlinks=False):
-                    stack.append((rel + "/", entry.path))
-                elif ends is None or entry.name.lower().endswith(ends):
-                    found[rel] = entry.path
+                    stack.append((prefix + entry.name + "/", entry.path))
+                    continue
+                else:
+                    path = entry.path
+                name = entry.name
+                if ends is not None and not (name.endswith(ends) or name.lower().endswith(ends)):
+                    continue
+                found.setdefault(name if by_name else prefix + name, path)
     return found
 
 

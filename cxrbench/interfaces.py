@@ -64,6 +64,7 @@ class Component:
 
         Returns:
             True when this class can be built for ``name``.
+
         """
         return False
 
@@ -90,6 +91,7 @@ class Split:
             returns it). Empty for splits without boxes.
         image_sizes: optional ``N x 2`` int array of (height, width) of each image as
             ``read_image`` returns it, when known without decoding. Used to scale boxes.
+
     """
 
     ids: Sequence[str]
@@ -116,6 +118,7 @@ class DatasetContext:
     Attributes:
         cache_dir: folder for prepared (decoded, resized) images, or None.
         warn: call with one line to warn the user (printed once, not raised).
+
     """
 
     cache_dir: Path | None = None
@@ -255,6 +258,7 @@ class Localizer(Component, abc.ABC):
 
         Returns:
             ``N x len(classes) x H x W`` float maps in [0, 1], on the model's device.
+
         """
 
 
@@ -276,6 +280,7 @@ class Executor(Component, abc.ABC):
             on_result: the store writer; call it once per task, as results arrive.
                 Tasks are run with ``cxrbench.runner.execute_cell(task)``, which never
                 raises for a failing cell (the failure is in the result).
+
         """
 
 

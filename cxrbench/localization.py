@@ -40,6 +40,7 @@ def boxed_pairs(data: PreparedSplit, max_images: int | None = None) -> tuple[np.
 
     Returns:
         ``rows`` (P,), ``classes`` (P,), and one ``T x 4`` array per pair.
+
     """
     boxes = data.boxes
     if boxes.empty:
@@ -104,7 +105,8 @@ def compute_maps(
     return LocalizationRun(maps_out, rows, classes, true, peaks, ms, len(image_rows))
 
 
-def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str], hit_tolerance: float) -> dict[str, float]:
+def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str],
+          hit_tolerance: float) -> dict[str, float]:
     """Turn the maps of a run into boxes with ``policy`` and score them."""
     pairs = [
         LocalizationPair(
@@ -158,6 +160,7 @@ def evaluate(
 
     Returns:
         (metrics, settings): settings holds the policy actually used and how it was chosen.
+
     """
     settings: dict[str, Any] = {"policy": options_to_dict(policy), "tuned": False}
     if tune_on is not None and not tune_on.boxes.empty:

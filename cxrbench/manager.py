@@ -20,6 +20,7 @@ from .errors import PluginError
 
 ENTRY_POINT_GROUP = "cxrbench"
 TRACE_ENV = "CXRBENCH_TRACE_PLUGINS"
+PLUGINS_ENV = "CXRBENCH_PLUGINS"
 CORE_DISTRIBUTION = "cxrbench"
 
 
@@ -68,6 +69,7 @@ class PluginManager(pluggy.PluginManager):
 
         Raises:
             PluginError: naming the entry point and its distribution when one fails.
+
         """
         for ep in _entry_points() if entry_points is None else entry_points:
             if self.has_plugin(ep.name):
@@ -88,6 +90,30 @@ class PluginManager(pluggy.PluginManager):
                 module=getattr(plugin, "__name__", repr(plugin)),
             )
             self.register_plugin(plugin, info)
+
+    def load_env_plugins(self) -> None:
+        """Import the modules named in ``CXRBENCH_PLUGINS`` (comma-separated) as plugins.
+
+        A quick way to use a plugin module without packaging it (and how worker
+        processes of an executor get the same plugins as the driver): like
+        ``PYTEST_PLUGINS``.
+
+        Raises:
+            PluginError: naming the module when one fails to import.
+        """
+        import importlib
+
+        for module_name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+            if self.has_plugin(module_name):
+                continue
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise PluginError(
+                    f"Error importing plugin '{module_name}' from {PLUGINS_ENV}: {type(exc).__name__}: {exc}"
+                ) from None
+            self.register_plugin(module, PluginInfo(module_name, f"{PLUGINS_ENV} environment variable", "", False,
+                                                    module_name))
 
     def check(self) -> None:
         """Fail on hook implementations that match no spec (a misspelt hook name)."""
@@ -122,6 +148,7 @@ def build_plugin_manager(
 
     Raises:
         PluginError: when a plugin fails to import or implements an unknown hook.
+
     """
     pm = PluginManager()
     if core:
@@ -133,6 +160,7 @@ def build_plugin_manager(
         )
     if entry_points:
         pm.load_entry_points()
+        pm.load_env_plugins()
     for item in plugins:
         name, plugin = item if isinstance(item, tuple) else (getattr(item, "__name__", None), item)
         name = name or f"plugin-{id(plugin)}"

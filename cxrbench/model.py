@@ -23,6 +23,7 @@ class Classifier(nn.Module):
         backbone: the feature extractor.
         head: the pooling head.
         classes: class names, in logit order.
+
     """
 
     def __init__(self, backbone: Backbone, head: PoolingHead, classes: list[str]) -> None:

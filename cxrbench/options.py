@@ -54,6 +54,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
 
     Raises:
         ConfigError: when the value does not fit the hint.
+
     """
     origin = get_origin(tp)
     if tp is Any:
@@ -118,6 +119,7 @@ def parse_options(options_cls: type, raw: Any, path: str, owner: str) -> Any:
 
     Raises:
         ConfigError: on unknown keys, wrong types or a validator's complaint.
+
     """
     if raw is None:
         raw = {}

@@ -75,6 +75,7 @@ class Registry:
         Raises:
             PluginError: on a non-class, a missing ``NAME``, a wrong base class or a
                 duplicate name.
+
         """
         base = COMPONENT_KINDS[kind]
         if not isinstance(component, type) or not issubclass(component, base):
@@ -124,6 +125,7 @@ class Registry:
 
         Raises:
             ConfigError: unknown name; the message lists valid names and the closest.
+
         """
         if kind not in self._classes:
             raise ConfigError(path, f"unknown component kind '{kind}'")

@@ -56,6 +56,7 @@ class CellTask:
         cache_root: prepared-image cache root, or None.
         retrain: False when the cell is finished and only localizers are missing (the
             saved checkpoint is loaded instead of training).
+
     """
 
     cell: Cell
@@ -243,6 +244,15 @@ def set_plugin_manager(pm: Any) -> None:
     _worker_pm = pm
 
 
+def failed_result(task: CellTask, error: str, tb: str | None = None) -> CellResult:
+    """A ``failed`` result for a task whose worker died or could not return a result."""
+    cell = task.cell
+    now = time.time()
+    return {"cell_id": cell.cell_id, "axes": cell.axes, "config": cell.config, "grid": cell.grid,
+            "started_at": now, "finished_at": now, "status": "failed", "error": error, "traceback": tb,
+            "metrics": {}, "info": {}, "localizations": []}
+
+
 def execute_cell(task: CellTask, progress: ProgressFn | None = None,
                  warn: Callable[[str], None] | None = None) -> CellResult:
     """Run one cell through the ``cxrbench_run_cell`` hook; never raises for a cell failure.
@@ -311,6 +321,7 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
 
     Returns:
         (tasks, number of cells skipped because they are complete).
+
     """
     statuses = store.statuses()
     default_threshold = grid.localization.threshold
@@ -390,6 +401,7 @@ def run_grid(
     Returns:
         The :class:`RunSummary`; ``interrupted`` is True after Ctrl-C (the cell in
         flight is lost, every finished one is stored).
+
     """
     warn = warn or (lambda message: None)
     set_plugin_manager(pm)

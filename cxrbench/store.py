@@ -84,6 +84,7 @@ class ResultsStore:
 
     Args:
         root: the results directory (created if missing).
+
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -119,6 +120,7 @@ class ResultsStore:
 
         Raises:
             UsageError: another run holds it and ``wait`` is False.
+
         """
         path = self.root / LOCK_NAME
         handle = open(path, "a+")  # noqa: SIM115 (held for the run's lifetime)
@@ -185,6 +187,7 @@ class ResultsStore:
                 ``config``, ``status``, ``error``, ``traceback``, ``metrics``, ``info``,
                 ``started_at``, ``finished_at`` and ``localizations`` (a list of dicts
                 with ``key``, ``name``, ``status``, ``error``, ``metrics``, ``settings``).
+
         """
         axes = result["axes"]
         with self.transaction() as conn:

@@ -91,6 +91,7 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Te
         targets: ``N x K`` with 1, 0 or NaN.
         pos_weight: optional ``K`` weights of positive labels (weighted BCE).
         neg_weight: optional ``K`` weights of negative labels.
+
     """
     known = ~torch.isnan(targets)
     filled = torch.where(known, targets, torch.zeros_like(targets))
@@ -198,6 +199,7 @@ def train_model(
 
     Raises:
         CellError: on a non-finite loss (with the epoch) or an empty training split.
+
     """
     if len(train_data) == 0:
         raise CellError("the training split is empty")
@@ -305,7 +307,7 @@ def train_model(
 
 
 def _rng_state_to_tensor(state: dict[str, Any]) -> dict[str, Any]:
-    """numpy PCG64 state -> a weights_only-loadable structure (ints as strings)."""
+    """Numpy PCG64 state -> a weights_only-loadable structure (ints as strings)."""
     inner = state["state"]
     return {"bit_generator": state["bit_generator"], "state": str(inner["state"]), "inc": str(inner["inc"]),
             "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}

@@ -78,7 +78,7 @@ def test_in_chans_3_sees_the_grey_image_repeated_as_a_view(registry):
     backbone = build(registry, "resnet18", in_chans=3).eval()
     seen = {}
     first_conv = backbone.model.get_submodule(backbone.model.pretrained_cfg["first_conv"])
-    first_conv.register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0]))
+    first_conv.register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
     x = images()
     fmap = backbone(x)
     assert seen["x"].shape[1] == 3 and seen["x"].stride(1) == 0  # expanded, not copied
@@ -101,7 +101,8 @@ def test_options_validation():
 
 
 def test_options_parse_from_yaml_values():
-    parsed = parse_options(TimmOptions, {"pretrained": True, "attention": "se", "model_kwargs": {"a": 1}}, "p", "b")
+    raw = {"pretrained": True, "attention": "se", "model_kwargs": {"a": 1}}
+    parsed = parse_options(TimmOptions, raw, "p", "b")
     assert parsed.pretrained is True and parsed.attention == "se" and parsed.model_kwargs == {"a": 1}
     assert parse_options(TimmOptions, {"pretrained": "w.pth"}, "p", "b").pretrained == "w.pth"
     with pytest.raises(ConfigError, match="attention"):
@@ -113,7 +114,7 @@ def test_options_parse_from_yaml_values():
 def test_model_kwargs_reach_timm(registry):
     backbone = build(registry, "resnet18", model_kwargs={"drop_path_rate": 0.1})
     assert any(type(m).__name__ == "DropPath" for m in backbone.modules())
-    with pytest.raises(UsageError, match="refused"):
+    with pytest.raises(UsageError, match="refused the options"):
         build(registry, "resnet18", model_kwargs={"no_such_argument": 1})
 
 
@@ -221,6 +222,11 @@ def test_pretrained_without_network_fails_within_30s(registry, empty_hf_cache):
     assert time.monotonic() - start < 30
 
 
+def test_pretrained_for_a_model_without_weights(registry):
+    with pytest.raises(UsageError, match="no pretrained weights in timm for 'botnet50ts_256'"):
+        build(registry, "botnet50ts_256", pretrained=True)
+
+
 def test_probe_times_out_quickly():
     start = time.monotonic()
     # 192.0.2.0/24 is reserved for documentation (RFC 5737): never routable.
@@ -233,13 +239,19 @@ def test_probe_times_out_quickly():
 
 @pytest.mark.parametrize("attention", ["se", "spatial", "fpa"])
 def test_attention_keeps_the_feature_map_shape(registry, attention):
-    plain = build(registry, "resnet18")
-    backbone = build(registry, "resnet18", attention=attention)
+    torch.manual_seed(0)
+    plain = build(registry, "resnet18").eval()
+    torch.manual_seed(0)
+    backbone = build(registry, "resnet18", attention=attention).eval()
+    if attention == "spatial":  # starts as the identity (gamma = 0): give it a say
+        backbone.attention.gamma.data.fill_(0.5)
     x = images(size=96)
-    assert backbone(x).shape == plain(x).shape == (2, 512, 3, 3)
+    fmap = backbone(x)
+    assert fmap.shape == plain(x).shape == (2, 512, 3, 3)
+    assert not torch.allclose(fmap, plain(x))  # same network weights: the module acted
     # The feature map is what `feature_map` outputs: after the attention module.
     seen = {}
-    backbone.feature_map.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
+    backbone.feature_map.register_forward_hook(lambda m, a, out: seen.update(out=out))
     assert torch.equal(backbone(x), seen["out"])
 
 

@@ -176,9 +176,7 @@ def test_hirescam_equals_cam_with_avg_pooling():
     classes = [1, 2]
     cam = raw(CAM, model, images, classes)
     hires = raw(HiResCAM, model, images, classes)
-    torch.testing.assert_close(
-        hires, cam.clamp_min(0) / (cam.shape[-1] * cam.shape[-2]), rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(hires, cam.clamp_min(0) / (cam.shape[-1] * cam.shape[-2]), rtol=1e-10, atol=1e-12)
 
 
 def test_batched_class_gradients_match_one_backward_per_class():
@@ -191,6 +189,34 @@ def test_batched_class_gradients_match_one_backward_per_class():
         logits_k, _ = model.head(act)
         (expected,) = torch.autograd.grad(logits_k[:, k].sum(), act)
         torch.testing.assert_close(batched[j], expected)
+
+
+@pytest.mark.parametrize("layer", ["backbone.feature_map", "backbone.body.0"])
+def test_gradcampp_matches_the_papers_alpha_formula(layer):
+    # Reference: alpha = g^2 / (2 g^2 + sum_ab(A_ab) g^3) (0 where the denominator is 0),
+    # w = sum_ij alpha relu(g), map = ReLU(sum_c w_c A_c); gradients from one plain
+    # backward per class. body.0 is a convolution output: negative activations included.
+    model, images = make_model("mlp"), make_images()
+    classes = [1, 3]
+    ours = raw(GradCAMPlusPlus, model, images, classes, target_layer=layer)
+    captured = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        for j, k in enumerate(classes):
+            captured.clear()
+            logits = model(images)
+            act = captured["a"]
+            (g,) = torch.autograd.grad(logits[:, k].sum(), act)
+            act = act.detach()
+            denominator = 2 * g**2 + act.sum(dim=(-2, -1), keepdim=True) * g**3
+            alpha = torch.where(denominator != 0, g**2 / denominator, torch.zeros_like(g))
+            weights = (alpha * g.clamp_min(0)).sum(dim=(-2, -1))
+            expected = (weights[:, :, None, None] * act).sum(1).clamp_min(0)
+            torch.testing.assert_close(ours[:, j], expected)
+    finally:
+        handle.remove()
+    if layer == "backbone.body.0":
+        assert (captured["a"] < 0).any()
 
 
 def test_pcam_maps_are_the_heads_probability_maps():
@@ -364,9 +390,7 @@ def test_constant_input_and_constant_feature_map(cls):
 
 
 def test_normalize_handles_constant_and_negative_maps():
-    maps = torch.stack(
-        [torch.full((3, 3), 5.0), torch.full((3, 3), -2.0), torch.arange(9.0).reshape(3, 3) - 4]
-    )[None]
+    maps = torch.stack([torch.full((3, 3), 5.0), torch.full((3, 3), -2.0), torch.arange(9.0).reshape(3, 3) - 4])[None]
     minmax = normalize_maps(maps, "minmax")
     assert (minmax[0, :2] == 0).all()
     torch.testing.assert_close(minmax[0, 2], (torch.arange(9.0).reshape(3, 3)) / 8)
@@ -551,9 +575,7 @@ def test_registered_resnet18_with_registered_heads(head):
     from cxrbench.options import parse_options
     from cxrbench.registry import Registry
 
-    pm = build_plugin_manager(
-        plugins=[cxrbench_timm, cxrbench_heads, cxrbench_cam], entry_points=False, core=False
-    )
+    pm = build_plugin_manager(plugins=[cxrbench_timm, cxrbench_heads, cxrbench_cam], entry_points=False, core=False)
     registry = Registry.from_plugin_manager(pm)
     backbone_cls = registry.get("backbone", "resnet18")
     # The pcam case also freezes the backbone (no parameter there requires grad).

@@ -19,11 +19,8 @@ class FakeDist:
 
 def make_entry_point(name, module, dist="cxrbench-thirdparty"):
     ep = importlib.metadata.EntryPoint(name=name, value=module, group="cxrbench")
-    try:
-        ep = ep._for(FakeDist(dist))  # attach a distribution, as installed packages have
-    except AttributeError:
-        pass
-    return ep
+    attach = getattr(ep, "_for", None)  # attach a distribution, as installed packages have
+    return attach(FakeDist(dist)) if attach else ep
 
 
 @pytest.fixture

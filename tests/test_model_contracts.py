@@ -30,7 +30,7 @@ def _backbone_names() -> list[str]:
     names = []
     for name in REGISTRY.names("backbone"):
         cls = REGISTRY.get("backbone", name)
-        if "matches" in cls.__dict__ and cls.NAME == name:  # a family: test its examples
+        if "matches" in cls.__dict__ and name == cls.NAME:  # a family: test its examples
             names.extend(getattr(cls, "EXAMPLES", ()))
         else:
             names.append(name)
@@ -81,7 +81,7 @@ def test_backbone_contract(name, in_chans):
     assert model.in_chans == in_chans
     seen = {}
     layer = model.get_submodule(model.target_layer)
-    handle = layer.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
+    handle = layer.register_forward_hook(lambda m, a, out: seen.update(out=out))
     try:
         fmap = model.forward_features(images())
     finally:

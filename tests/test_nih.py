@@ -310,6 +310,16 @@ def test_fingerprint_follows_the_data_not_the_location(tmp_path):
     assert load(root)[0].fingerprint() != first
 
 
+def test_empty_list_file_and_repeated_table_rows(tmp_path):
+    root = make_nih(tmp_path / "nih", _many_patients(1))
+    (root / "test_list.txt").write_bytes(b"")
+    assert len(load(root)[0].split("test")) == 0
+    entry = root / "Data_Entry_2017_v2020.csv"
+    entry.write_text(entry.read_text() + entry.read_text().splitlines()[1] + "\n")
+    with pytest.raises(UsageError, match="00000001_000.png.*more than one row"):
+        load(root)[0].split("train")
+
+
 def test_unknown_split_name(tmp_path):
     root = make_nih(tmp_path / "nih", _many_patients(1))
     with pytest.raises(UsageError, match="no split 'training'"):

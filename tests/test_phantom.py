@@ -8,18 +8,11 @@ from pathlib import Path
 
 import click
 import cv2
+import cxrbench_phantom
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sklearn.metrics import roc_auc_score
-
-import cxrbench_phantom
-from cxrbench.errors import ConfigError, UsageError
-from cxrbench.interfaces import BOX_COLUMNS
-from cxrbench.manager import build_plugin_manager
-from cxrbench.options import parse_options
-from cxrbench.registry import Registry
 from cxrbench_phantom import CLASSES, Options, PhantomDataset, PhantomGenerator
 from cxrbench_phantom import render as phantom_render
 from cxrbench_phantom.cohort import STREAM_PIXELS
@@ -29,6 +22,13 @@ from cxrbench_phantom.export import (
     write_chexpert_layout,
     write_nih_layout,
 )
+from sklearn.metrics import roc_auc_score
+
+from cxrbench.errors import ConfigError, UsageError
+from cxrbench.interfaces import BOX_COLUMNS
+from cxrbench.manager import build_plugin_manager
+from cxrbench.options import parse_options
+from cxrbench.registry import Registry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -128,7 +128,7 @@ def test_boxes_are_tight_rectangles_of_the_drawn_masks():
         for (name, x, y, w, h), (_, mask) in zip(boxes, masks, strict=True):
             assert mask.any()
             assert (x, y, w, h) == _tight_rect(mask)
-            assert 0 <= x and 0 <= y and w >= 1 and h >= 1 and x + w <= 96 and y + h <= 96
+            assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 96 and y + h <= 96
             seen.add(name)
     assert seen == set(CLASSES)
 

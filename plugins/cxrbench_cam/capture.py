@@ -107,8 +107,7 @@ def forward_capture(
     activation = captured[0]
     if activation.dim() != 4:
         raise UsageError(
-            f"localizer option target_layer: {path!r} outputs shape {tuple(activation.shape)}, "
-            "not N x C x h x w"
+            f"localizer option target_layer: {path!r} outputs shape {tuple(activation.shape)}, not N x C x h x w"
         )
     if track_grad and not logits.requires_grad:
         raise UsageError(f"localizer option target_layer: the logits do not depend on {path!r}")

@@ -41,9 +41,7 @@ class CAM(MapLocalizer):
             _, fmap, _ = model.forward_maps(images)
             weight, _bias = _class_weights(model)
             if weight.shape[1] != fmap.shape[1]:
-                raise ValueError(
-                    f"head weights have {weight.shape[1]} channels, the feature map {fmap.shape[1]}"
-                )
+                raise ValueError(f"head weights have {weight.shape[1]} channels, the feature map {fmap.shape[1]}")
             index = torch.as_tensor(classes, dtype=torch.long, device=weight.device)
             selected = weight.index_select(0, index).to(fmap.dtype)
             return torch.einsum("kc,nchw->nkhw", selected, fmap)

@@ -258,9 +258,10 @@ class CheXpert(Dataset):
             digest = hashlib.sha256()
             for table in TABLES.values():
                 digest.update(f"{table}\t{(self.release / table).stat().st_size}\n".encode())
-            release = str(self.release)
-            for path in sorted({p for paths in loaded.paths.values() for p in paths}):
-                digest.update(f"{os.path.relpath(path, release)}\t{os.stat(path).st_size}\n".encode())
+            cut = len(str(self.release)) + 1  # every file found lies under the release folder
+            used = sorted({p for paths in loaded.paths.values() for p in paths})
+            listing = "".join(f"{p[cut:]}\t{os.stat(p).st_size}\n" for p in used)
+            digest.update(listing.encode())
             chosen = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
             self._fingerprint = f"{self.NAME}:{json.dumps(chosen, sort_keys=True)}:{digest.hexdigest()[:16]}"
         return self._fingerprint

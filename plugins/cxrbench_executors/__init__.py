@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import cxrbench
 from cxrbench.interfaces import Executor
-from cxrbench.runner import execute_cell
+from cxrbench.runner import execute_cell, failed_result
 
 
 class LocalExecutor(Executor):
@@ -49,6 +50,7 @@ class ProcessOptions:
     Attributes:
         workers: worker processes (cells run in parallel).
         threads_per_worker: torch CPU threads per worker; 0 = CPU count / workers.
+
     """
 
     workers: int = 2
@@ -87,8 +89,13 @@ class ProcessExecutor(Executor):
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    pending.pop(future)
-                    on_result(future.result())
+                    task = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # the worker died (e.g. out of memory): record, go on
+                        result = failed_result(task, f"worker process failed: {type(exc).__name__}: {exc}",
+                                               traceback.format_exc())
+                    on_result(result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in list(getattr(pool, "_processes", {}).values()):

@@ -24,6 +24,7 @@ class HeadOptions:
 
     Attributes:
         dropout: dropout probability on the pooled features (the seed project used 0.5).
+
     """
 
     dropout: float = 0.0
@@ -40,6 +41,7 @@ class LseOptions(HeadOptions):
 
     Attributes:
         gamma: sharpness; small values approach average pooling, large ones max pooling.
+
     """
 
     gamma: float = 10.0

@@ -169,10 +169,7 @@ class NIHChestXray14(Dataset):
         folders = ["images"]
         with os.scandir(self.root) as entries:
             folders += sorted(e.name + "/images" for e in entries if _IMAGE_FOLDER.fullmatch(e.name))
-        index: dict[str, str] = {}
-        for rel, path in scan_files(self.root, folders, suffixes=(".png",)).items():
-            index.setdefault(rel.rsplit("/", 1)[-1], path)
-        return index
+        return scan_files(self.root, folders, suffixes=(".png",), by_name=True)
 
     # ------------------------------------------------------------------ loading
 
@@ -341,9 +338,9 @@ class NIHChestXray14(Dataset):
             for path in self._tables.values():
                 digest.update(f"{path.name}\t{path.stat().st_size}\n".encode())
             used = sorted({p for paths in loaded.paths.values() for p in paths})
-            for path in used:
-                digest.update(f"{os.path.basename(path)}\t{os.stat(path).st_size}\n".encode())
-            options = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
-            options = json.dumps(options, sort_keys=True)
+            listing = "".join(f"{os.path.basename(p)}\t{os.stat(p).st_size}\n" for p in used)
+            digest.update(listing.encode())
+            chosen = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
+            options = json.dumps(chosen, sort_keys=True)
             self._fingerprint = f"{self.NAME}:{options}:{digest.hexdigest()[:16]}"
         return self._fingerprint

@@ -123,6 +123,9 @@ def read_data_entry(path: Path) -> pd.DataFrame:
         "view": str,
     }
     frame = _read_by_position(path, n_fields, columns, dtypes)
+    repeated = frame["name"][frame["name"].duplicated()]
+    if len(repeated):
+        raise UsageError(f"{path}: image {repeated.iloc[0]!r} has more than one row")
     frame["findings"] = frame["findings"].fillna(NO_FINDING)
     frame["view"] = frame["view"].fillna("")
     return frame
@@ -167,7 +170,10 @@ def read_bbox_list(path: Path) -> pd.DataFrame:
 
 def read_name_list(path: Path) -> np.ndarray:
     """Read ``train_val_list.txt`` / ``test_list.txt``: one image file name a line."""
-    names = pd.read_csv(path, header=None, names=["name"], dtype=str, skipinitialspace=True)["name"]
+    try:
+        names = pd.read_csv(path, header=None, names=["name"], dtype=str, skipinitialspace=True)["name"]
+    except pd.errors.EmptyDataError:  # an empty list is valid (e.g. no test images)
+        return np.array([], dtype=object)
     return names.dropna().to_numpy(dtype=object)
 
 

@@ -59,6 +59,7 @@ def contact_sheet(gen: PhantomGenerator, images: list[int], columns: int = 4) ->
         A BGR uint8 image.
 
     """
+    columns = max(1, min(columns, len(images)))
     size = gen.image_size
     scale = max(1.0, 256 / size)  # small phantoms are enlarged so the text stays legible
     tile = round(size * scale)

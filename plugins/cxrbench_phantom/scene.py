@@ -62,7 +62,6 @@ class Lesion:
         clip_to_lung: intersect with the lung field.
         exclude: polygons removed from the shape (the collapsed lung of a pneumothorax).
         contrast: attenuation added inside the mask at difficulty 0 (negative = darker).
-        params: extra numbers the renderer uses (texture scale, angle...).
         seed: seed of this lesion's own texture stream (so one lesion's pixels do not
             depend on the others).
 
@@ -74,7 +73,6 @@ class Lesion:
     clip_to_lung: bool = True
     exclude: tuple[np.ndarray, ...] = ()
     contrast: float = 0.25
-    params: tuple[float, ...] = ()
     seed: int = 0
 
 
@@ -141,8 +139,9 @@ def _heart(prng: np.random.Generator, rng: np.random.Generator, enlarge: float) 
     size = prng.uniform(0.93, 1.07) * rng.uniform(0.98, 1.02)
     cx = 0.545 + prng.uniform(-0.012, 0.012)
     angle = prng.uniform(-32.0, -18.0)
-    ventricles = g.ellipse(cx, 0.625, 0.135 * size, 0.10 * size, angle)
-    atrium = g.ellipse(0.455, 0.635, 0.05 * size, 0.08 * size, 0.0)
+    # Normal cardiothoracic ratio ~0.38-0.50 (mean ~0.44).
+    ventricles = g.ellipse(cx, 0.61, 0.155 * size, 0.112 * size, angle)
+    atrium = g.ellipse(0.452, 0.62, 0.056 * size, 0.088 * size, 0.0)
     # Cardiomegaly: the silhouette widens (mostly to the patient's left) and lengthens,
     # about the cardiac base, so the cardiothoracic ratio rises past 0.5.
     base = (0.49, 0.55)
@@ -213,7 +212,7 @@ def _effusion(rng: np.random.Generator, lungs: tuple, side: int) -> Lesion:
     s = np.abs(u - lateral_u) / abs(medial_u - lateral_u)
     v = level + rise * np.sqrt(np.clip(s, 0.0, 1.0))
     region = np.concatenate([np.stack([u, v], 1), [(medial_u, 1.2), (u[0], 1.2)]])
-    return Lesion("Effusion", side, (region,), contrast=0.36, params=(level, lowest))
+    return Lesion("Effusion", side, (region,), contrast=0.36)
 
 
 def _pneumothorax(rng: np.random.Generator, lungs: tuple) -> Lesion:
@@ -236,7 +235,7 @@ def _infiltration(rng: np.random.Generator, lungs: tuple) -> Lesion:
     for _ in range(int(rng.integers(1, 3))):
         du, dv = rng.normal(0.0, 0.035, 2)
         parts.append(g.ellipse(u + du, v + dv, rng.uniform(0.03, 0.055), rng.uniform(0.03, 0.055), 0.0, 20))
-    return Lesion("Infiltration", side, tuple(parts), contrast=0.24, params=(rng.uniform(0.0, 1.0),))
+    return Lesion("Infiltration", side, tuple(parts), contrast=0.24)
 
 
 def _pneumonia(rng: np.random.Generator, lungs: tuple) -> Lesion:

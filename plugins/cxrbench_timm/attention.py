@@ -24,6 +24,7 @@ class SqueezeExcitation(nn.Module):
     Args:
         channels: C of the feature map.
         reduction: bottleneck ratio of the MLP.
+
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -49,6 +50,7 @@ class SpatialSelfAttention(nn.Module):
     Args:
         channels: C of the feature map.
         reduction: channel reduction of the query and key projections.
+
     """
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
@@ -74,6 +76,10 @@ class _ConvRelu(nn.Sequential):
         super().__init__(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), nn.ReLU())
 
 
+def _resize(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class FeaturePyramidAttention(nn.Module):
     """Feature pyramid attention (after Li et al. 2018, Pyramid Attention Network).
 
@@ -88,26 +94,29 @@ class FeaturePyramidAttention(nn.Module):
 
     Args:
         channels: C of the feature map.
+
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.mid = _ConvRelu(channels, channels, 1)
         self.context = _ConvRelu(channels, channels, 1)
-        self.down = nn.ModuleList([_ConvRelu(channels, 1, 7, 2), _ConvRelu(1, 1, 5, 2), _ConvRelu(1, 1, 3, 2)])
+        self.down = nn.ModuleList(
+            [_ConvRelu(channels, 1, 7, stride=2), _ConvRelu(1, 1, 5, stride=2), _ConvRelu(1, 1, 3, stride=2)]
+        )
         self.refine = nn.ModuleList([_ConvRelu(1, 1, 7), _ConvRelu(1, 1, 5), _ConvRelu(1, 1, 3)])
 
     def forward(self, x: Tensor) -> Tensor:
         levels = []
         y = x
-        for down, refine in zip(self.down, self.refine):
+        for down, refine in zip(self.down, self.refine, strict=True):
             y = down(y)
             levels.append(refine(y))
         # Merge coarse to fine: each level is upsampled to the next finer one and added.
         merged = levels[-1]
         for finer in reversed(levels[:-1]):
-            merged = finer + F.interpolate(merged, size=finer.shape[-2:], mode="bilinear", align_corners=False)
-        pyramid = F.interpolate(merged, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            merged = finer + _resize(merged, finer)
+        pyramid = _resize(merged, x)
         context = self.context(x.mean(dim=(2, 3), keepdim=True))
         return self.mid(x) * pyramid + context
 
@@ -121,6 +130,7 @@ def build_attention(kind: str, channels: int) -> nn.Module:
 
     Raises:
         ValueError: for an unknown kind (options validation normally catches it first).
+
     """
     if kind == "none":
         return nn.Identity()

@@ -67,6 +67,7 @@ class TimmOptions:
             ``spatial`` (non-local self-attention), ``fpa`` (feature pyramid attention).
         model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g.
             ``drop_path_rate`` or ``dynamic_img_size`` for vision transformers).
+
     """
 
     pretrained: bool | str = False
@@ -86,7 +87,7 @@ class TimmOptions:
             raise ValueError("pretrained must be true, false or a weights file path, got an empty string")
         reserved = sorted(set(self.model_kwargs) & set(RESERVED_KWARGS))
         if reserved:
-            raise ValueError(f"model_kwargs may not set {', '.join(reserved)}: use the backbone's own options")
+            raise ValueError(f"model_kwargs may not set {', '.join(reserved)}: use the backbone options")
 
 
 def tokens_to_map(features: Tensor, num_prefix_tokens: int, image_hw: tuple[int, int], owner: str) -> Tensor:
@@ -97,6 +98,7 @@ def tokens_to_map(features: Tensor, num_prefix_tokens: int, image_hw: tuple[int,
 
     Raises:
         UsageError: when the remaining tokens do not form a grid of that aspect ratio.
+
     """
     n, length, channels = features.shape
     patches = length - num_prefix_tokens
@@ -135,7 +137,7 @@ class TimmBackbone(Backbone):
         super().__init__(options, name=name)
         arch = timm_model_name(self.name)
         if not timm.is_model(arch):
-            hint = " (the timm family itself: name a model, e.g. 'timm/convnext_tiny')" if arch == "timm" else ""
+            hint = " (that is the family: name a model, e.g. 'timm/convnext_tiny')" if arch == "timm" else ""
             raise UsageError(f"backbone {self.name!r}: not a timm model name{hint}")
         self.in_chans = options.in_chans
         self.model = self._create(arch, options)
@@ -158,7 +160,7 @@ class TimmBackbone(Backbone):
         try:
             model = timm.create_model(arch, pretrained=False, **kwargs)
         except TypeError as exc:  # an option the architecture does not take
-            raise UsageError(f"backbone {self.name!r}: timm.create_model refused the options: {exc}") from None
+            raise UsageError(f"backbone {self.name!r}: timm refused the options: {exc}") from None
         if isinstance(options.pretrained, str):
             load_local_weights(model, options.pretrained, options.in_chans, self.name)
         return model

@@ -104,6 +104,7 @@ def create_pretrained(arch: str, owner: str, **kwargs: Any) -> nn.Module:
     Raises:
         UsageError: no pretrained weights exist, the host is unreachable and nothing
             is cached, or the download fails.
+
     """
     offline_message = (
         f"backbone {owner!r}: could not download pretrained weights (offline?); "
@@ -111,7 +112,7 @@ def create_pretrained(arch: str, owner: str, **kwargs: Any) -> nn.Module:
     )
     source = _weight_source(arch)
     if source is None:
-        raise UsageError(f"backbone {owner!r}: timm has no pretrained weights for {arch!r}; use pretrained: false")
+        raise UsageError(f"backbone {owner!r}: no pretrained weights in timm for {arch!r}; set pretrained: false")
     kind, location = source
     host = _hf_host() if kind == "hf-hub" else (urlparse(location).hostname or "")
     offline = not host_reachable(host)
@@ -177,6 +178,7 @@ def load_local_weights(model: nn.Module, path: str, in_chans: int, owner: str) -
 
     Raises:
         UsageError: the file is missing or unreadable, or its keys or shapes differ.
+
     """
     file = Path(path).expanduser()
     where = f"backbone {owner!r} option pretrained"
@@ -189,7 +191,8 @@ def load_local_weights(model: nn.Module, path: str, in_chans: int, owner: str) -
         raise UsageError(f"{where}: could not read {file}: {detail}") from None
     _adapt_first_convs(model, state, in_chans)
     own = model.state_dict()
-    classifier_keys = {f"{c}.{p}" for c in _names(model.pretrained_cfg.get("classifier")) for p in ("weight", "bias")}
+    classifiers = _names(model.pretrained_cfg.get("classifier"))
+    classifier_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
     unexpected = [k for k in state if k not in own and k not in classifier_keys]
     missing = [k for k in own if k not in state]
     mismatched = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
