@@ -36,9 +36,7 @@ def row(patient: int, study: int = 1, view: str = "frontal", split: str = "train
     }
 
 
-def make_chexpert(
-    root: Path, train: list[dict], valid: list[dict] = (), present: list[str] | None = None
-) -> Path:
+def make_chexpert(root: Path, train: list[dict], valid: list[dict] = (), present: list[str] | None = None) -> Path:
     """Write ``root/CheXpert-v1.0-small`` with its tables and small JPEGs.
 
     Args:
@@ -260,9 +258,7 @@ def real_chexpert():
         pytest.skip(f"real CheXpert sample not found at {root}")
     warnings: list[str] = []
     start = time.perf_counter()
-    dataset = CheXpert(
-        CheXpert.Options(root=str(root), uncertain="seed"), DatasetContext(warn=warnings.append)
-    )
+    dataset = CheXpert(CheXpert.Options(root=str(root), uncertain="seed"), DatasetContext(warn=warnings.append))
     splits = {name: dataset.split(name) for name in dataset.split_names}
     return dataset, splits, warnings, time.perf_counter() - start
 

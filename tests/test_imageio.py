@@ -57,9 +57,7 @@ def test_grey_stored_as_rgba_or_rgb_is_returned_exactly(tmp_path):
 
 
 def test_sixteen_bit_png_is_scaled_over_the_full_range(tmp_path):
-    values = np.array(
-        [[0, 1, 128, 129, 256, 257], [1000, 32768, 40000, 65279, 65534, 65535]], dtype=np.uint16
-    )
+    values = np.array([[0, 1, 128, 129, 256, 257], [1000, 32768, 40000, 65279, 65534, 65535]], dtype=np.uint16)
     out = read_grey(_write(tmp_path / "s.png", values))
     assert out.dtype == np.uint8
     expected = np.floor(values.astype(np.float64) * 255.0 / 65535.0 + 0.5).astype(np.uint8)

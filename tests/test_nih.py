@@ -69,9 +69,7 @@ def make_nih(
 
 def load(root: Path, **options) -> tuple[NIHChestXray14, list[str]]:
     warnings: list[str] = []
-    dataset = NIHChestXray14(
-        NIHChestXray14.Options(root=str(root), **options), DatasetContext(warn=warnings.append)
-    )
+    dataset = NIHChestXray14(NIHChestXray14.Options(root=str(root), **options), DatasetContext(warn=warnings.append))
     return dataset, warnings
 
 

@@ -139,8 +139,7 @@ class CheXpert(Dataset):
                     raise UsageError(f"chexpert: missing under {folder}: {', '.join(missing)}")
                 return folder
         raise UsageError(
-            f"chexpert: no train.csv / valid.csv in {root} or in {root}/{RELEASE_FOLDERS[0]} "
-            f"(or {RELEASE_FOLDERS[1]})"
+            f"chexpert: no train.csv / valid.csv in {root} or in {root}/{RELEASE_FOLDERS[0]} (or {RELEASE_FOLDERS[1]})"
         )
 
     def _read_table(self, path: Path) -> pd.DataFrame:
@@ -150,9 +149,7 @@ class CheXpert(Dataset):
         if missing:
             raise UsageError(f"{path}: no column(s) {', '.join(map(repr, missing))}")
         try:
-            frame = pd.read_csv(
-                path, usecols=needed, dtype={c: "float32" for c in self.classes} | {"Path": str}
-            )
+            frame = pd.read_csv(path, usecols=needed, dtype={c: "float32" for c in self.classes} | {"Path": str})
         except (ValueError, pd.errors.ParserError) as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"{path}: cannot parse: {detail}") from None

@@ -259,8 +259,7 @@ class NIHChestXray14(Dataset):
         if n_wanted and n_missing == n_wanted:
             views = "" if self.options.views == "all" else f" {self.options.views}-view"
             raise UsageError(
-                f"nih: none of the {n_wanted:,} listed{views} images is under {self.root}/images "
-                f"(or images_NNN/images)"
+                f"nih: none of the {n_wanted:,} listed{views} images is under {self.root}/images (or images_NNN/images)"
             )
         parts = []
         if n_missing:

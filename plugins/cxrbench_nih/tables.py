@@ -69,9 +69,7 @@ def _column(tokens: list[str], path: Path, *, equals: str | None = None, starts:
     raise UsageError(f"{path}: no column {equals or starts!r} in the header")
 
 
-def _read_by_position(
-    path: Path, n_fields: int, columns: dict[str, int], dtypes: dict[str, object]
-) -> pd.DataFrame:
+def _read_by_position(path: Path, n_fields: int, columns: dict[str, int], dtypes: dict[str, object]) -> pd.DataFrame:
     beyond = [name for name, pos in columns.items() if pos >= n_fields]
     if beyond:
         raise UsageError(f"{path}: rows have {n_fields} fields, too few for column(s) {', '.join(beyond)}")

@@ -139,7 +139,7 @@ def _heart(prng: np.random.Generator, rng: np.random.Generator, enlarge: float) 
     size = prng.uniform(0.93, 1.07) * rng.uniform(0.98, 1.02)
     cx = 0.545 + prng.uniform(-0.012, 0.012)
     angle = prng.uniform(-32.0, -18.0)
-    # Normal cardiothoracic ratio ~0.38-0.50 (mean ~0.44).
+    # Normal cardiothoracic ratio ~0.38-0.48 (mean ~0.42), measured on the canonical shapes.
     ventricles = g.ellipse(cx, 0.61, 0.155 * size, 0.112 * size, angle)
     atrium = g.ellipse(0.452, 0.62, 0.056 * size, 0.088 * size, 0.0)
     # Cardiomegaly: the silhouette widens (mostly to the patient's left) and lengthens,
