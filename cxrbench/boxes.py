@@ -112,9 +112,7 @@ def _otsu_levels(levels: np.ndarray) -> np.ndarray:
     for all maps at once from their histograms.
     """
     n = levels.shape[0]
-    hist = np.bincount(
-        (np.arange(n)[:, None] * 256 + levels.reshape(n, -1)).ravel(), minlength=n * 256
-    ).reshape(n, 256)
+    hist = np.bincount((np.arange(n)[:, None] * 256 + levels.reshape(n, -1)).ravel(), minlength=n * 256).reshape(n, 256)
     p = hist / hist.sum(axis=1, keepdims=True)
     i = np.arange(256, dtype=np.float64)
     q1 = np.cumsum(p, axis=1)
@@ -187,9 +185,7 @@ def _components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chunk = masks[start : start + per_call]
         tall = np.zeros((chunk.shape[0], h + 1, w), dtype=np.uint8)
         tall[:, :h] = chunk
-        _, _, stats, _ = cv2.connectedComponentsWithStats(
-            tall.reshape(-1, w), connectivity=8, ltype=cv2.CV_32S
-        )
+        _, _, stats, _ = cv2.connectedComponentsWithStats(tall.reshape(-1, w), connectivity=8, ltype=cv2.CV_32S)
         stats = stats[1:]  # label 0 is the background
         top = stats[:, cv2.CC_STAT_TOP]
         local_map = top // (h + 1)
@@ -370,9 +366,7 @@ def _score_pairs(pairs: Sequence[LocalizationPair], hit_tolerance: float) -> _Pa
     per_pred = n_true[pred_pair]
     combo_pred = np.repeat(np.arange(pred.shape[0]), per_pred)
     combo_true = (
-        true_start[pred_pair[combo_pred]]
-        + np.arange(combo_pred.size)
-        - np.repeat(_segment_starts(per_pred), per_pred)
+        true_start[pred_pair[combo_pred]] + np.arange(combo_pred.size) - np.repeat(_segment_starts(per_pred), per_pred)
     )
     iou, iobb = _iou_iobb(pred[combo_pred], true[combo_true])
     if pred.shape[0]:
@@ -548,13 +542,20 @@ def build_pairs(
 
 _TUNED_FIELD = {"seed": "factor", "fraction": "fraction"}
 
+DEFAULT_TUNING_GRIDS: dict[str, dict[str, tuple]] = {
+    "seed": {"factor": (1.0, 1.25, 1.5, 1.7666, 2.0, 2.5, 3.0)},
+    "fraction": {"fraction": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)},
+    "otsu": {"components": ("all", "largest")},
+}
+"""What ``tune_policy`` tries when given no grid, per policy."""
+
 
 def tune_policy(
     heatmaps: np.ndarray,
     true_boxes_per_map: Sequence[np.ndarray],
     class_index_per_map: Sequence[int] | np.ndarray,
     base_policy: ThresholdPolicy,
-    grid_of_values: Sequence[float] | Mapping[str, Sequence[object]],
+    grid_of_values: Sequence[float] | Mapping[str, Sequence[object]] | None = None,
     metric: str = "iou_mean",
     *,
     maximize: bool = True,
@@ -572,7 +573,8 @@ def tune_policy(
         base_policy: the policy whose other fields stay fixed.
         grid_of_values: candidate values of the policy's own parameter (``factor`` for
             ``seed``, ``fraction`` for ``fraction``), or a mapping ``{field: values}`` whose
-            cartesian product is tried (e.g. ``{"factor": [...], "high": [...]}``).
+            cartesian product is tried (e.g. ``{"factor": [...], "high": [...]}``). None tries
+            ``DEFAULT_TUNING_GRIDS[base_policy.policy]``.
         metric: a key of ``localization_metrics`` to optimise.
         maximize: whether larger is better (False for e.g. ``afp_iou@0.5``).
 
@@ -581,14 +583,15 @@ def tune_policy(
         ties go to the earlier candidate.
 
     """
+    if grid_of_values is None:
+        grid_of_values = DEFAULT_TUNING_GRIDS[base_policy.policy]
     if isinstance(grid_of_values, Mapping):
         grid = {str(k): list(v) for k, v in grid_of_values.items()}
     else:
         field = _TUNED_FIELD.get(base_policy.policy)
         if field is None:
             raise ValueError(
-                f"policy {base_policy.policy!r} has no threshold parameter; "
-                "pass {field: values} to tune other fields"
+                f"policy {base_policy.policy!r} has no threshold parameter; pass {{field: values}} to tune other fields"
             )
         grid = {field: list(grid_of_values)}
     known = {f.name for f in dataclasses.fields(ThresholdPolicy)}

@@ -210,17 +210,30 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
 @cli.command()
 @results_option
 @click.option("--grid", "grid_name", default=None, help="Only this grid (default: every cell in the store).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html"]), default="table",
               show_default=True, help="table = rich tables; the others print machine-readable records.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the export to this file instead of standard output.")
-def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None) -> None:
+@click.option("--group-by", "group_by", default=None, metavar="AXES",
+              help="Aggregate (mean +/- std) over every axis NOT listed, e.g. 'dataset,backbone,head,localizer' "
+                   "averages over seeds; 'backbone' compares backbones over everything else.")
+@click.option("--sort", "sort_key", default=None, metavar="METRIC",
+              help="Sort by this metric, best first (default: auroc_mean; iou_mean for localization).")
+@click.option("--filter", "filters", multiple=True, metavar="AXIS=VALUE",
+              help="Keep matching rows only (repeatable), e.g. --filter backbone=resnet18 --filter status=ok.")
+@click.option("--top", type=int, default=None, help="Show only the best N rows.")
+@click.option("--significance/--no-significance", default=True, show_default=True,
+              help="Paired bootstrap: is the best cell significantly better than the runner-up? (table format)")
+def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, group_by: str | None,
+                sort_key: str | None, filters: tuple[str, ...], top: int | None, significance: bool) -> None:
     """Show the leaderboards of a results directory.
 
-    JSON/CSV/Markdown give one record per (cell, localizer) with the cell's AUROC
-    metrics and that localizer's IoU / IoBB metrics.
+    Classification: mean AUROC with its 95% CI, per-class AUROC, speed and size per
+    cell. Localization: IoU, IoBB, accuracy at T(IoU) / T(IoBB), hit rate and ms/image
+    per cell x localizer. JSON / CSV / Markdown / HTML give one record per (cell,
+    localizer) with the cell's AUROC metrics and that localizer's metrics.
     """
-    from .report import export, render_tables
+    from . import report
     from .store import ResultsStore
 
     if not (results_dir / "cxrbench.sqlite").exists():
@@ -230,10 +243,28 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
             known = ", ".join(store.grids()) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
         records = store.records(grid_name)
+    try:
+        records = report.filter_records(records, filters)
+        if group_by:
+            records = report.group_records(records, [a.strip() for a in group_by.split(",") if a.strip()])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if sort_key:
+        records = report.sort_records(records, sort_key)
+    if top is not None:
+        records = records[:top] if sort_key else report.sort_records(records)[:top]
     if fmt == "table":
-        render_tables(console, records, grid_name)
+        report.render_tables(console, records, grid_name, sort_key=sort_key)
+        if significance and not group_by:
+            sig = report.significance(records, results_dir)
+            if sig is not None:
+                verdict = "[green]significantly better[/] than" if sig["significant"] else "not significantly " \
+                    "different from"
+                console.print(f"Top cell {sig['best']} is {verdict} {sig['next']}: mean AUROC +{sig['diff']:.4f} "
+                              f"(95% CI {sig['low']:.4f} to {sig['high']:.4f}, paired bootstrap over patients, "
+                              f"p = {sig['p']:.3g})", highlight=False)
         return
-    text = export(records, fmt)
+    text = report.export(records, fmt)
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(text)
@@ -241,6 +272,73 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         err_console.print(f"wrote {len(records)} records to {output}")
     else:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+@cli.command()
+@results_option
+@click.option("--grid", "grid_name", required=True, help="The grid to report on.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="The HTML file to write.")
+def report(results_dir: Path, grid_name: str, out: Path) -> None:
+    """Write ONE self-contained HTML report: leaderboards, ROC curves, heatmap gallery.
+
+    Opens without a network connection (images are inlined).
+    """
+    from .html_report import build_report
+    from .store import ResultsStore
+
+    if not (results_dir / "cxrbench.sqlite").exists():
+        raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
+    with ResultsStore(results_dir) as store:
+        if grid_name not in store.grids():
+            known = ", ".join(store.grids()) or "none"
+            raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
+        text = build_report(store, STATE.registry, grid_name)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    console.print(f"wrote {out} ({len(text) / 1e6:.1f} MB)", highlight=False)
+
+
+@cli.command()
+@results_option
+@click.argument("cell_id")
+@click.option("--localizer", "-l", "localizers", multiple=True,
+              help="Localizer to draw (repeatable; default: the localizers of the cell's grid).")
+@click.option("--image", "-i", "images", multiple=True, help="Image id to draw (repeatable; default: the first few).")
+@click.option("--count", type=int, default=4, show_default=True, help="How many boxed images when no --image.")
+@click.option("--split", default="boxes", show_default=True, help="Split to draw from.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: RESULTS/cells/CELL/heatmaps).")
+def heatmap(results_dir: Path, cell_id: str, localizers: tuple[str, ...], images: tuple[str, ...], count: int,
+            split: str, out_dir: Path | None) -> None:
+    """Draw a finished cell's heatmaps: the X-ray, each localizer's map, the true box (red), predicted boxes (green).
+
+    One PNG per image, class and localizer. Nothing is retrained.
+    """
+    from .heatmap import component_from_config, render_heatmaps
+    from .store import ResultsStore
+
+    registry = STATE.registry
+    with ResultsStore(results_dir) as store:
+        matches = [c for c in store.statuses() if c.startswith(cell_id)]
+        if len(matches) != 1:
+            raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {results_dir}")
+        if localizers:
+            specs = [component_from_config(registry, "localizer", {"name": n}, f"--localizer {n}") for n in localizers]
+        else:
+            entries: list = []
+            for grid in store.grids():
+                if any(r["cell_id"] == matches[0] for r in store.cells(grid)):
+                    entries = (store.grid_spec(grid) or {}).get("localizers") or []
+                    break
+            specs = [component_from_config(registry, "localizer", e, f"localizers[{i}]") for i, e in enumerate(entries)]
+            if not specs:
+                raise UsageError("the cell's grid has no localizers; name one with --localizer")
+        folder = out_dir or store.cell_dir(matches[0]) / "heatmaps"
+        paths = render_heatmaps(store, registry, matches[0], specs, folder, split=split, images=list(images) or None,
+                                count=count)
+    console.print(f"wrote {len(paths)} pictures to {folder}", highlight=False)
 
 
 @cli.command()

@@ -100,6 +100,7 @@ class PluginManager(pluggy.PluginManager):
 
         Raises:
             PluginError: naming the module when one fails to import.
+
         """
         import importlib
 

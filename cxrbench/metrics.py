@@ -221,7 +221,7 @@ def _weighted_auc(plan: _ClassPlan, weights: np.ndarray) -> np.ndarray:
     """
     m = plan.n_cuts
     sums = plan.matrix @ weights
-    # int32 is enough: every partial sum is at most a replicate's total weight (checked)
+    # int32 is enough: every entry is at most twice a replicate's total weight (checked)
     cum_neg = sums[: m + 1]
     _prefix_sum_rows_(cum_neg)
     pos_at_cut = sums[m + 1 :]
@@ -242,7 +242,8 @@ def _replicate_aurocs(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.n
     plans = [_plan(y[:, j], s[:, j]) for j in range(k)]
     if n_rep == 0 or all(p is None for p in plans):
         return out
-    if n and int(weights.max(initial=0)) * n >= np.iinfo(np.int32).max:
+    # int32 sums are exact while twice a replicate's total weight fits (see _weighted_auc)
+    if n and 2 * int(weights.max(initial=0)) * n >= np.iinfo(np.int32).max:
         raise ValueError(f"bootstrap weights too large for {n} samples")
     rows = max(p.matrix.shape[0] for p in plans if p is not None)
     # per replicate: the int32 weight column and the int32 sums (plus temporaries) of the widest class
@@ -420,9 +421,7 @@ def paired_bootstrap_auroc_diff(
 # --------------------------------------------------------------------------- cut-offs
 
 
-def roc_curve_points(
-    y_true: np.ndarray, y_score: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+def roc_curve_points(y_true: np.ndarray, y_score: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """Per-class ROC curve points for plots (``sklearn.metrics.roc_curve``, NaN labels masked).
 
     Args:
@@ -501,9 +500,7 @@ def seed_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return out
 
 
-def threshold_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray
-) -> dict[str, np.ndarray]:
+def threshold_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
     """Confusion-matrix scores at given per-class cut-offs (score ``>=`` threshold = positive).
 
     Args:

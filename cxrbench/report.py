@@ -23,7 +23,10 @@ CLASSIFICATION_COLUMNS = [
 LOCALIZATION_COLUMNS = [
     ("iou_mean", "IoU"),
     ("iobb_mean", "IoBB"),
+    ("acc_iou@0.1", "Acc@IoU.1"),
     ("acc_iou@0.3", "Acc@IoU.3"),
+    ("acc_iou@0.5", "Acc@IoU.5"),
+    ("afp_iou@0.3", "AFP@IoU.3"),
     ("acc_iobb@0.5", "Acc@IoBB.5"),
     ("hit_rate", "Hit"),
     ("loc_ms_per_image", "ms/img"),
@@ -90,12 +93,20 @@ def _class_names(records: Sequence[dict[str, Any]]) -> list[str]:
     return names
 
 
-def classification_table(records: Sequence[dict[str, Any]], title: str) -> Table:
+def _mean_std(m: dict[str, Any], key: str, digits: int = 3) -> str:
+    std = m.get(f"{key}_std")
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return _fmt(m.get(key), digits)
+    return f"{_fmt(m.get(key), digits)}±{_fmt(std, digits)}"
+
+
+def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table:
     """One row per cell: mean AUROC with CI and the per-class AUROCs."""
     cells: dict[str, dict[str, Any]] = {}
     for r in records:
-        cells.setdefault(r["cell_id"], r)
-    rows = sort_records(list(cells.values()))
+        key = r["cell_id"] if "n" not in r["metrics"] else (r["dataset"], r["backbone"], r["head"], r["seed"])
+        cells.setdefault(key, r)
+    rows = sort_records(list(cells.values()), sort_key or "auroc_mean")
     classes = _class_names(rows)
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in ("#", "dataset", "backbone", "head", "seed", "status", "AUROC", "95% CI"):
@@ -115,8 +126,8 @@ def classification_table(records: Sequence[dict[str, Any]], title: str) -> Table
         params = info.get("parameters")
         table.add_row(
             str(rank), r["dataset"], r["backbone"], r["head"], str(r["seed"]), status,
-            f"[bold]{_fmt(m.get('auroc_mean'))}[/]" if rank == 1 else _fmt(m.get("auroc_mean")), ci,
-            *[_fmt(m.get(f"auroc/{c}")) for c in classes],
+            f"[bold]{_mean_std(m, 'auroc_mean')}[/]" if rank == 1 else _mean_std(m, "auroc_mean"), ci,
+            *[_mean_std(m, f"auroc/{c}") for c in classes],
             _fmt(info.get("train_images_per_s"), 1),
             f"{params / 1e6:.1f}M" if isinstance(params, (int, float)) else "-",
             r["cell_id"],
@@ -124,12 +135,12 @@ def classification_table(records: Sequence[dict[str, Any]], title: str) -> Table
     return table
 
 
-def localization_table(records: Sequence[dict[str, Any]], title: str) -> Table | None:
+def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table | None:
     """One row per (cell, localizer), best IoU first; None when there is no localizer row."""
-    rows = [r for r in records if r.get("localizer")]
+    rows = [r for r in records if r.get("localizer") and r.get("localizer") != "*"]
     if not rows:
         return None
-    rows = sort_records(rows, "iou_mean")
+    rows = sort_records(rows, sort_key if sort_key and not sort_key.startswith("auroc") else "iou_mean")
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in ("#", "dataset", "backbone", "head", "seed", "localizer"):
         table.add_column(col, justify="right" if col in ("#", "seed") else "left")
@@ -141,20 +152,21 @@ def localization_table(records: Sequence[dict[str, Any]], title: str) -> Table |
         if r.get("localizer_status") == "failed":
             values = [f"[red]failed[/] {r.get('localizer_error') or ''}"[:60]] + [""] * (len(LOCALIZATION_COLUMNS) - 1)
         else:
-            values = [_fmt(m.get(key), 1 if key == "loc_ms_per_image" else 3) for key, _ in LOCALIZATION_COLUMNS]
+            values = [_mean_std(m, key, 1 if key == "loc_ms_per_image" else 3) for key, _ in LOCALIZATION_COLUMNS]
         table.add_row(str(rank), r["dataset"], r["backbone"], r["head"], str(r["seed"]), r["localizer"], *values,
                       r["cell_id"])
     return table
 
 
-def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str | None) -> None:
+def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str | None,
+                  sort_key: str | None = None) -> None:
     """Print the classification and localization leaderboards."""
     name = grid or "all grids"
     if not records:
         console.print(f"No results for {name} yet.")
         return
-    console.print(classification_table(records, f"Classification leaderboard: {name}"))
-    loc = localization_table(records, f"Localization leaderboard: {name}")
+    console.print(classification_table(records, f"Classification leaderboard: {name}", sort_key))
+    loc = localization_table(records, f"Localization leaderboard: {name}", sort_key)
     if loc is not None:
         console.print(loc)
     failed = {r["cell_id"]: r for r in records if r["status"] != "ok"}
@@ -173,6 +185,8 @@ def export(records: Sequence[dict[str, Any]], fmt: str) -> str:
         return frame.to_csv(index=False)
     if fmt == "markdown":
         return markdown(frame)
+    if fmt == "html":
+        return html_page("cxrbench leaderboard", html_tables(records))
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -187,3 +201,137 @@ def markdown(frame: pd.DataFrame) -> str:
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- filtering, grouping, significance
+
+AXES = ("dataset", "backbone", "head", "localizer", "seed", "status", "cell_id")
+
+
+def filter_records(records: Sequence[dict[str, Any]], filters: Sequence[str]) -> list[dict[str, Any]]:
+    """Keep records matching every ``axis=value`` filter (values compared as text).
+
+    Raises:
+        ValueError: on a malformed filter or an unknown axis.
+
+    """
+    wanted = []
+    for text in filters:
+        if "=" not in text:
+            raise ValueError(f"filter {text!r}: expected AXIS=VALUE, e.g. backbone=resnet18")
+        key, value = text.split("=", 1)
+        if key not in AXES:
+            raise ValueError(f"filter {text!r}: unknown axis {key!r} (axes: {', '.join(AXES)})")
+        wanted.append((key, value))
+    return [r for r in records if all(str(r.get(k)) == v for k, v in wanted)]
+
+
+def group_records(records: Sequence[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
+    """Aggregate ok records over every axis NOT in ``by``: each metric's mean and std.
+
+    ``--group-by dataset,backbone,head,localizer`` averages over seeds; ``--group-by
+    backbone`` compares backbones over everything else. Each grouped record's metrics
+    hold ``<metric>`` (mean), ``<metric>_std`` and ``n`` (records aggregated).
+    """
+    for axis in by:
+        if axis not in AXES[:5]:
+            raise ValueError(f"--group-by {axis!r}: not an axis (axes: {', '.join(AXES[:5])})")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["status"] == "ok":
+            groups.setdefault(tuple(r.get(a) for a in by), []).append(r)
+    out = []
+    for key, rows in groups.items():
+        frame = pd.DataFrame([r["metrics"] for r in rows]).apply(pd.to_numeric, errors="coerce")
+        metrics: dict[str, Any] = {}
+        for column in frame.columns:
+            values = frame[column].dropna()
+            metrics[column] = float(values.mean()) if len(values) else math.nan
+            metrics[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        metrics["n"] = len(rows)
+        record = {axis: "*" for axis in ("dataset", "backbone", "head", "localizer", "seed")}
+        record.update(dict(zip(by, key, strict=True)))
+        record.update({"cell_id": f"{len({r['cell_id'] for r in rows})} cells", "grid": rows[0]["grid"],
+                       "status": "ok", "metrics": metrics, "info": {}})
+        out.append(record)
+    return out
+
+
+def significance(records: Sequence[dict[str, Any]], results_root: Any, *, n_boot: int = 1000,
+                 alpha: float = 0.05) -> dict[str, Any] | None:
+    """Is the best cell's mean AUROC significantly above the runner-up's?
+
+    A paired bootstrap (patients resampled, same resamples for both) over the SAME test
+    images, read from each cell's ``predictions.npz``. Returns None when there is no
+    comparable pair.
+
+    Returns:
+        ``{"best": id, "next": id, "diff": d, "low": l, "high": h, "p": p, "significant": bool}``.
+
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from .metrics import paired_bootstrap_auroc_diff
+
+    cells: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] == "ok" and r["metrics"].get("auroc_mean") is not None:
+            cells.setdefault(r["cell_id"], r)
+    ranked = sort_records(list(cells.values()))
+    if len(ranked) < 2:
+        return None
+    best, runner_up = ranked[0], ranked[1]
+    paths = [Path(results_root) / "cells" / r["cell_id"] / "predictions.npz" for r in (best, runner_up)]
+    if not all(p.exists() for p in paths):
+        return None
+    a, b = (np.load(p) for p in paths)
+    if a["ids"].shape != b["ids"].shape or not (a["ids"] == b["ids"]).all():
+        return None  # different test sets: no paired comparison
+    diff, low, high, p = paired_bootstrap_auroc_diff(a["labels"], a["scores"], b["scores"], groups=a["patient_ids"],
+                                                     n_boot=n_boot, seed=0)
+    return {"best": best["cell_id"], "next": runner_up["cell_id"], "diff": diff, "low": low, "high": high,
+            "p": p, "significant": bool(p < alpha and diff > 0)}
+
+
+# --------------------------------------------------------------------------- HTML
+
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f0f0f0} td:nth-child(-n+7){text-align:left}
+h1,h2,h3{font-weight:600} .muted{color:#777} .gallery img{margin:4px;border:1px solid #ddd}
+figure{display:inline-block;margin:6px;text-align:center;font-size:12px}
+"""
+
+
+def html_tables(records: Sequence[dict[str, Any]]) -> str:
+    """The classification and localization leaderboards as HTML tables (no styling)."""
+    frame = to_frame(records)
+    if frame.empty:
+        return "<p>No results.</p>"
+    cls_cols = [c for c in ("dataset", "backbone", "head", "seed", "status", "auroc_mean", "auroc_ci_low",
+                            "auroc_ci_high") if c in frame.columns]
+    cls_cols += [c for c in frame.columns if c.startswith("auroc/")]
+    cls_cols += [c for c in ("train_images_per_s", "inference_images_per_s", "parameters", "cell_id")
+                 if c in frame.columns]
+    cells = frame.drop_duplicates("cell_id").sort_values("auroc_mean", ascending=False, na_position="last")
+    parts = ["<h2>Classification</h2>", cells[cls_cols].to_html(index=False, na_rep="-", float_format="%.3f")]
+    if "localizer" in frame.columns and frame["localizer"].notna().any():
+        loc_cols = [c for c in ("dataset", "backbone", "head", "seed", "localizer", "iou_mean", "iobb_mean",
+                                "cum_iou_mean", "hit_rate") if c in frame.columns]
+        loc_cols += sorted(c for c in frame.columns if c.startswith(("acc_iou@", "acc_iobb@")) and "/" not in c)
+        loc_cols += [c for c in ("loc_ms_per_image", "cell_id") if c in frame.columns]
+        loc = frame[frame["localizer"].notna()].sort_values("iou_mean", ascending=False, na_position="last")
+        parts += ["<h2>Localization</h2>", loc[loc_cols].to_html(index=False, na_rep="-", float_format="%.3f")]
+    return "\n".join(parts)
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete, self-contained HTML document."""
+    import html
+
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")

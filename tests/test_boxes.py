@@ -215,9 +215,7 @@ def test_localization_metrics_hand_pairs():
 
 def test_localization_several_true_boxes_and_extra_value():
     true = np.array([[0, 0, 10, 10], [30, 30, 4, 4]], float)
-    pair = LocalizationPair(
-        2, true, np.array([[30, 30, 4, 4]], float), (31.0, 31.0), heatmap_value_in_box=0.4
-    )
+    pair = LocalizationPair(2, true, np.array([[30, 30, 4, 4]], float), (31.0, 31.0), heatmap_value_in_box=0.4)
     out = localization_metrics([pair], ["A", "B", "C"])
     assert out["iou_mean"] == 1.0 and out["hit_rate"] == 1.0 and out["afp_iou@0.7"] == 0.0
     assert out["heatmap_value_in_box_mean"] == 0.4
@@ -291,12 +289,20 @@ def test_tune_policy_picks_the_better_factor():
     assert best.factor == 2.0
 
 
+def test_tune_policy_default_grids():
+    maps, true, cls = halo_maps()
+    best, table = tune_policy(list(maps), true, cls, ThresholdPolicy())
+    assert [row["factor"] for row in table] == [1.0, 1.25, 1.5, 1.7666, 2.0, 2.5, 3.0]
+    assert table[-1]["iou_mean"] == 0.25  # every factor here still keeps the halo
+    assert best.factor == 1.0  # ties go to the first candidate
+    best, table = tune_policy(maps, true, cls, ThresholdPolicy(policy="otsu"))
+    assert [row["components"] for row in table] == ["all", "largest"]
+
+
 def test_tune_policy_grid_mapping_and_errors():
     maps, true, cls = halo_maps()
     base = ThresholdPolicy(policy="fraction")
-    best, table = tune_policy(
-        maps, true, cls, base, {"fraction": [0.2, 0.5], "components": ["all", "largest"]}
-    )
+    best, table = tune_policy(maps, true, cls, base, {"fraction": [0.2, 0.5], "components": ["all", "largest"]})
     assert len(table) == 4 and best.fraction == 0.5
     with pytest.raises(ValueError, match="no threshold parameter"):
         tune_policy(maps, true, cls, ThresholdPolicy(policy="otsu"), [0.5])

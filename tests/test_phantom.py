@@ -425,10 +425,8 @@ def cli_group():
 
 def test_cli_export_and_preview(cli_group, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(
-        cli_group,
-        ["phantom", "export", "--layout", "nih", "--out", str(tmp_path / "nih"), "--num-images", "12", "--image-size", "32"],
-    )
+    args = ["--layout", "nih", "--out", str(tmp_path / "nih"), "--num-images", "12", "--image-size", "32"]
+    result = runner.invoke(cli_group, ["phantom", "export", *args])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "nih" / "images").glob("*.png"))) == 12
     result = runner.invoke(

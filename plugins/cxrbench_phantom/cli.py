@@ -108,9 +108,7 @@ def export(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done)
 
-        common = dict(
-            num_images=num_images, image_size=size, seed=seed, difficulty=difficulty, progress=progress
-        )
+        common = dict(num_images=num_images, image_size=size, seed=seed, difficulty=difficulty, progress=progress)
         try:
             if layout == "nih":
                 write_nih_layout(out, **common)  # type: ignore[arg-type]
@@ -129,9 +127,7 @@ def export(
     required=True,
     help="PNG file to write the contact sheet to.",
 )
-@click.option(
-    "--count", type=click.IntRange(1, 64), default=12, show_default=True, help="Images on the sheet."
-)
+@click.option("--count", type=click.IntRange(1, 64), default=12, show_default=True, help="Images on the sheet.")
 @click.option("--columns", type=click.IntRange(1, 16), default=4, show_default=True, help="Images per row.")
 @click.option("--image-size", type=int, default=256, show_default=True, help="Side of each image, pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Phantom seed.")

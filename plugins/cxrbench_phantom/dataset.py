@@ -173,9 +173,7 @@ class PhantomDataset(Dataset):
         """Render image ``index`` of ``split``: ``image_size x image_size`` uint8."""
         rows = self.rows(split)
         if not 0 <= index < len(rows):
-            raise IndexError(
-                f"split {split!r} of dataset 'phantom' has {len(rows)} images, asked for {index}"
-            )
+            raise IndexError(f"split {split!r} of dataset 'phantom' has {len(rows)} images, asked for {index}")
         return self.generator.image(int(rows[index]))
 
     def fingerprint(self) -> str:

@@ -246,9 +246,7 @@ def write_chexpert_layout(
         rel = f"{part}/{study}/view1_frontal.jpg"
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         _write_image(base / rel, gen.image(i), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        cells = chexpert_labels(
-            gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate, rng=label_rng
-        )
+        cells = chexpert_labels(gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate, rng=label_rng)
         record = {
             "Path": f"{CHEXPERT_ROOT}/{rel}",
             "Sex": "Male" if cohort.sex[i] == "M" else "Female",

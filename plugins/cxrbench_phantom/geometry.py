@@ -45,9 +45,7 @@ def ellipse(cx: float, cy: float, ax: float, ay: float, angle_deg: float = 0.0, 
     return rotate(_unit_circle(n) * (ax, ay), angle_deg) + (cx, cy)
 
 
-def blob(
-    cx: float, cy: float, radius: float, harmonics: np.ndarray, phases: np.ndarray, n: int = 48
-) -> np.ndarray:
+def blob(cx: float, cy: float, radius: float, harmonics: np.ndarray, phases: np.ndarray, n: int = 48) -> np.ndarray:
     """A round shape whose radius wobbles: ``r(t) = radius * (1 + sum a_k cos(k t + p_k))``.
 
     Args:

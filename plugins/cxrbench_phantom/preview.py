@@ -72,9 +72,7 @@ def contact_sheet(gen: PhantomGenerator, images: list[int], columns: int = 4) ->
             p0 = (int(x * scale), int(y * scale))
             p1 = (int((x + w) * scale) - 1, int((y + h) * scale) - 1)
             cv2.rectangle(bgr, p0, p1, COLOURS[name], 1)
-            cv2.putText(
-                bgr, SHORT[name], (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_PLAIN, 0.8, COLOURS[name], 1
-            )
+            cv2.putText(bgr, SHORT[name], (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_PLAIN, 0.8, COLOURS[name], 1)
         r, c = divmod(n, columns)
         y0 = r * (tile + 18)
         sheet[y0 : y0 + tile, c * tile : (c + 1) * tile] = bgr

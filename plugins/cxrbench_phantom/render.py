@@ -41,14 +41,10 @@ def _vignette(size: int) -> np.ndarray:
 def lung_masks(scene: Scene, size: int, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 0/1 masks of the two visible lung fields (the heart shadow excluded)."""
     heart = 1 - g.mask_of(size, list(scene.heart), matrix)
-    return g.mask_of(size, [scene.lungs[0]], matrix) & heart, g.mask_of(
-        size, [scene.lungs[1]], matrix
-    ) & heart
+    return g.mask_of(size, [scene.lungs[0]], matrix) & heart, g.mask_of(size, [scene.lungs[1]], matrix) & heart
 
 
-def lesion_mask(
-    lesion: Lesion, size: int, matrix: np.ndarray, lungs: tuple[np.ndarray, np.ndarray]
-) -> np.ndarray:
+def lesion_mask(lesion: Lesion, size: int, matrix: np.ndarray, lungs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The drawn shape of one lesion: uint8 0/1, never empty.
 
     Args:
@@ -198,9 +194,7 @@ def render(scene: Scene, size: int, difficulty: float, rng: np.random.Generator)
     g.fill(extra, px(scene.ribs), 0.06, disjoint=True)
     g.lines(extra, px(scene.clavicles), 0.11, round(0.022 * scale))
     g.fill(extra, px(VERTEBRAE), 0.07, disjoint=True)
-    vessels = g.lines(
-        np.zeros((size, size), np.float32), px(_vessels(scene, rng)), 0.11, round(0.004 * scale)
-    )
+    vessels = g.lines(np.zeros((size, size), np.float32), px(_vessels(scene, rng)), 0.11, round(0.004 * scale))
     aerated = lungs[0] | lungs[1]
     for lesion, mask in zip(scene.lesions, masks, strict=True):
         if lesion.name == "Pneumothorax":  # no lung markings beyond the collapsed lung
@@ -220,9 +214,7 @@ def render(scene: Scene, size: int, difficulty: float, rng: np.random.Generator)
             img[ys, xs] += layer
         if lesion.name == "Pneumothorax":
             # The visceral pleural line: the edge of the collapsed lung, inside the chest.
-            line = g.lines(
-                np.zeros((size, size), np.float32), [px(lesion.exclude[0])], 1.0, round(0.004 * scale)
-            )
+            line = g.lines(np.zeros((size, size), np.float32), [px(lesion.exclude[0])], 1.0, round(0.004 * scale))
             line *= cv2.dilate(mask, np.ones((3, 3), np.uint8)) & lungs[lesion.side]
             img += cv2.GaussianBlur(line, (0, 0), _sigma(size, 0.003)) * (0.12 * k)
 

@@ -172,31 +172,50 @@ def _ribs(prng: np.random.Generator, lungs: tuple[np.ndarray, np.ndarray]) -> np
     return np.concatenate([right, left])
 
 
+@dataclasses.dataclass(frozen=True)
+class _Thorax:
+    """What lesions are placed in: both lung outlines and the heart they must avoid."""
+
+    lungs: tuple[np.ndarray, np.ndarray]
+    heart: tuple[np.ndarray, ...]
+
+
 def _point_in(
-    rng: np.random.Generator, polygon: np.ndarray, vlo: float, vhi: float, margin: float
+    rng: np.random.Generator, thorax: _Thorax, side: int, vlo: float, vhi: float, margin: float
 ) -> tuple[float, float]:
-    """A random point inside ``polygon``, between fractions vlo..vhi of its height."""
+    """A random point of lung ``side``, between fractions vlo..vhi of its height.
+
+    The point lies at least ``margin`` inside the lung outline and outside the heart, so
+    a lesion centred there is visible in the aerated lung (the heart shadow hides the
+    lung behind it, and lung-bound lesions are clipped to the visible lung).
+    """
+    polygon = thorax.lungs[side]
     (u0, v0), (u1, v1) = polygon.min(0), polygon.max(0)
     contour = polygon.astype(np.float32).reshape(-1, 1, 2)
-    for _ in range(60):
+    hearts = [h.astype(np.float32).reshape(-1, 1, 2) for h in thorax.heart]
+    for _ in range(80):
         u = rng.uniform(u0, u1)
         v = rng.uniform(v0 + vlo * (v1 - v0), v0 + vhi * (v1 - v0))
-        if cv2.pointPolygonTest(contour, (u, v), True) >= margin:
+        if cv2.pointPolygonTest(contour, (u, v), True) >= margin and all(
+            cv2.pointPolygonTest(h, (u, v), True) < -margin for h in hearts
+        ):
             return float(u), float(v)
-    centre = polygon.mean(0)  # the lungs are nearly convex: the centroid is inside
-    return float(centre[0]), float(centre[1])
+    # Practically unreachable: a point at mid-height, a third of the way in from the
+    # lateral wall, is inside the lung and lateral to the heart.
+    lateral = u0 if side == 0 else u1
+    return float(lateral + (0.5 - lateral) / 3.0), float((v0 + v1) / 2.0)
 
 
-def _nodule(rng: np.random.Generator, lungs: tuple) -> Lesion:
+def _nodule(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
-    u, v = _point_in(rng, lungs[side], 0.1, 0.85, 0.02)
+    u, v = _point_in(rng, thorax, side, 0.1, 0.85, 0.02)
     shape = g.blob(u, v, rng.uniform(0.016, 0.026), rng.uniform(0.0, 0.06, 2), rng.uniform(0, 6.3, 2), 28)
     return Lesion("Nodule", side, (shape,), clip_to_lung=False, contrast=0.30)
 
 
-def _mass(rng: np.random.Generator, lungs: tuple) -> Lesion:
+def _mass(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
-    u, v = _point_in(rng, lungs[side], 0.15, 0.8, 0.05)
+    u, v = _point_in(rng, thorax, side, 0.15, 0.8, 0.05)
     shape = g.blob(u, v, rng.uniform(0.05, 0.08), rng.uniform(0.0, 0.09, 3), rng.uniform(0, 6.3, 3), 48)
     return Lesion("Mass", side, (shape,), clip_to_lung=False, contrast=0.26)
 
@@ -228,9 +247,9 @@ def _pneumothorax(rng: np.random.Generator, lungs: tuple) -> Lesion:
     return Lesion("Pneumothorax", side, (lung,), exclude=(collapsed,), contrast=-0.12)
 
 
-def _infiltration(rng: np.random.Generator, lungs: tuple) -> Lesion:
+def _infiltration(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
-    u, v = _point_in(rng, lungs[side], 0.2, 0.9, 0.03)
+    u, v = _point_in(rng, thorax, side, 0.2, 0.9, 0.03)
     parts = [g.ellipse(u, v, rng.uniform(0.045, 0.07), rng.uniform(0.045, 0.08), rng.uniform(0, 180), 24)]
     for _ in range(int(rng.integers(1, 3))):
         du, dv = rng.normal(0.0, 0.035, 2)
@@ -238,11 +257,11 @@ def _infiltration(rng: np.random.Generator, lungs: tuple) -> Lesion:
     return Lesion("Infiltration", side, tuple(parts), contrast=0.24)
 
 
-def _pneumonia(rng: np.random.Generator, lungs: tuple) -> Lesion:
+def _pneumonia(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
-    lung = lungs[side]
     upper = rng.random() < 0.35
-    u, v = _point_in(rng, lung, 0.1, 0.45, 0.04) if upper else _point_in(rng, lung, 0.45, 0.85, 0.04)
+    vlo, vhi = (0.1, 0.45) if upper else (0.45, 0.85)
+    u, v = _point_in(rng, thorax, side, vlo, vhi, 0.04)
     lobe = g.ellipse(u, v, rng.uniform(0.08, 0.11), rng.uniform(0.07, 0.10), rng.uniform(-20, 20), 40)
     # A fissure bounds lobar consolidation with one straight edge.
     tilt = np.deg2rad(rng.uniform(-15, 15))
@@ -260,8 +279,8 @@ def _clip_convex(polygon: np.ndarray, convex: np.ndarray) -> np.ndarray:
     return polygon if inter is None else inter.reshape(-1, 2).astype(np.float64)
 
 
-def _atelectasis(rng: np.random.Generator, lungs: tuple, side: int) -> Lesion:
-    u, v = _point_in(rng, lungs[side], 0.5, 0.9, 0.03)
+def _atelectasis(rng: np.random.Generator, thorax: _Thorax, side: int) -> Lesion:
+    u, v = _point_in(rng, thorax, side, 0.5, 0.9, 0.03)
     length = rng.uniform(0.10, 0.17)
     angle = rng.uniform(-25.0, 25.0)
     if rng.random() < 0.6:  # plate-like band
@@ -324,10 +343,11 @@ def sample_scene(
     trachea = np.array([(0.485, -0.05), (0.515, -0.05), (0.515, 0.30), (0.485, 0.30)])
     hila = np.array([(0.41, 0.42), (0.59, 0.42)]) + rng.normal(0.0, 0.006, (2, 2))
 
+    thorax = _Thorax(lungs, heart)
     lesions: list[Lesion] = []
     for name in findings:
         if name == "Atelectasis":
-            lesions += [_atelectasis(rng, lungs, s) for s in atelectasis_sides]
+            lesions += [_atelectasis(rng, thorax, s) for s in atelectasis_sides]
         elif name == "Cardiomegaly":
             lesions.append(Lesion("Cardiomegaly", 1, heart, clip_to_lung=False, contrast=0.0))
         elif name == "Effusion":
@@ -336,15 +356,15 @@ def sample_scene(
                 sides.append(1 - sides[0])
             lesions += [_effusion(rng, lungs, s) for s in sides]
         elif name == "Nodule":
-            lesions += [_nodule(rng, lungs) for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3])))]
+            lesions += [_nodule(rng, thorax) for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3])))]
         elif name == "Mass":
-            lesions.append(_mass(rng, lungs))
+            lesions.append(_mass(rng, thorax))
         elif name == "Pneumothorax":
             lesions.append(_pneumothorax(rng, lungs))
         elif name == "Infiltration":
-            lesions += [_infiltration(rng, lungs) for _ in range(int(rng.choice([1, 1, 2])))]
+            lesions += [_infiltration(rng, thorax) for _ in range(int(rng.choice([1, 1, 2])))]
         elif name == "Pneumonia":
-            lesions += [_pneumonia(rng, lungs) for _ in range(int(rng.choice([1, 1, 1, 2])))]
+            lesions += [_pneumonia(rng, thorax) for _ in range(int(rng.choice([1, 1, 1, 2])))]
         else:  # pragma: no cover - findings come from CLASSES
             raise ValueError(f"unknown finding {name!r}")
     seeds = rng.integers(0, 2**63, size=len(lesions))

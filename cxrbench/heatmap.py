@@ -1,0 +1,124 @@
+"""Rebuild a finished cell (data + trained model) and draw its localizers' heatmaps.
+
+Used by ``cxrbench heatmap`` and by the HTML report's gallery. Nothing is retrained: the
+cell's ``best.pt`` is loaded (``weights_only=True``) into the model its stored config
+describes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .config import ComponentSpec
+from .errors import UsageError
+from .options import parse_options
+
+
+def component_from_config(registry: Any, kind: str, entry: dict[str, Any], path: str) -> ComponentSpec:
+    """A ComponentSpec from a stored ``{name, options}`` entry of a cell config."""
+    cls = registry.get(kind, entry["name"], path)
+    options = parse_options(cls.Options, entry.get("options") or {}, f"{path}.options", f"{kind} '{entry['name']}'")
+    return ComponentSpec(kind, entry["name"], cls, options, path, entry.get("threshold"))
+
+
+def load_cell(store: Any, registry: Any, cell_id: str, device: torch.device | None = None) -> tuple[Any, Any, Any]:
+    """(dataset, trained classifier in eval mode, stored cell record) of a finished cell."""
+    from .config import TrainSpec
+    from .runner import build_dataset, build_model, input_size
+
+    matches = [c for c in store.statuses() if c.startswith(cell_id)]
+    if len(matches) != 1:
+        raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {store.root}")
+    cell = store.cell(matches[0])
+    if cell["status"] != "ok":
+        raise UsageError(f"cell {cell['cell_id']} did not finish ok ({cell['error']})")
+    checkpoint = store.cell_dir(cell["cell_id"]) / "best.pt"
+    if not checkpoint.exists():
+        raise UsageError(f"cell {cell['cell_id']} has no checkpoint at {checkpoint}")
+    config = cell["config"]
+    dataset = build_dataset(component_from_config(registry, "dataset", config["dataset"], "dataset"))
+    model = build_model(component_from_config(registry, "backbone", config["backbone"], "backbone"),
+                        component_from_config(registry, "head", config["head"], "head"), list(dataset.classes))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    train = parse_options(TrainSpec, config.get("train", {}), "train", "train")
+    model.input_size = input_size(train, dataset)  # remembered for rendering
+    return dataset, model, cell
+
+
+def render_heatmaps(
+    store: Any,
+    registry: Any,
+    cell_id: str,
+    localizers: list[ComponentSpec],
+    out_dir: Path,
+    *,
+    split: str = "boxes",
+    images: list[str] | None = None,
+    count: int = 4,
+    threshold: dict | None = None,
+) -> list[Path]:
+    """Draw, per image and class with a box, the X-ray with each localizer's heatmap.
+
+    Args:
+        store: the results store.
+        registry: the component registry.
+        cell_id: a finished cell (a unique prefix is enough).
+        localizers: localizer choices to draw.
+        out_dir: where PNG files go (created).
+        split: the split to draw from.
+        images: image ids to draw (default: the first ``count`` boxed images).
+        count: how many images when ``images`` is not given.
+        threshold: heatmap-to-box policy override (default: each localizer's).
+
+    Returns:
+        The PNG files written: ``<image>_<class>_<localizer>.png``.
+
+    """
+    from .boxes import heatmap_to_boxes
+    from .data import load_split
+    from .localization import compute_maps, resolve_policy
+    from .overlays import render_overlay, safe_name
+
+    dataset, model, cell = load_cell(store, registry, cell_id)
+    if split not in dataset.split_names:
+        raise UsageError(f"dataset '{dataset.NAME}' has no split {split!r} (splits: {', '.join(dataset.split_names)})")
+    data = load_split(dataset, split, model.input_size)
+    if images:
+        known = {str(i): n for n, i in enumerate(data.split.ids)}
+        missing = [i for i in images if i not in known]
+        if missing:
+            raise UsageError(f"image {missing[0]!r} is not in split {split!r} of {dataset.NAME}")
+        keep = {known[i] for i in images}
+    else:
+        keep = set(np.unique(data.boxes["index"].to_numpy())[:count].tolist()) if not data.boxes.empty else set()
+    if not keep:
+        raise UsageError(f"no boxed images to draw in split {split!r}")
+    data.boxes = data.boxes[data.boxes["index"].isin(keep)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 256 // data.size)
+    written: list[Path] = []
+    classes = list(dataset.classes)
+    for spec in localizers:
+        localizer = spec.cls(spec.options)
+        reason = localizer.unsupported_reason(model)
+        if reason:
+            raise UsageError(f"localizer '{spec.name}' cannot explain cell {cell['cell_id']}: {reason}")
+        policy = resolve_policy(spec.cls, spec.threshold or threshold, None)
+        run = compute_maps(model, localizer, data, batch_size=8, device=torch.device("cpu"))
+        for p in range(len(run.pair_rows)):
+            row = int(run.pair_rows[p])
+            cls = classes[int(run.pair_classes[p])]
+            picture = render_overlay(np.asarray(data.images[row]), run.maps[p], run.true_boxes[p],
+                                     heatmap_to_boxes(run.maps[p], policy), title=f"{cls} / {spec.name}", scale=scale)
+            path = out_dir / f"{safe_name(str(data.split.ids[row]))}_{safe_name(cls)}_{safe_name(spec.name)}.png"
+            cv2.imwrite(str(path), picture)
+            written.append(path)
+    return written
