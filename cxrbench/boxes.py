@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import cv2
@@ -41,8 +41,8 @@ DEFAULT_IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 SEED_IOU_FRACTIONS = (0.1, 0.2, 0.25, 0.3, 0.4, 0.5)
 """The seed project's "fraction of pairs with best IoU above t" columns."""
 
-_CC_PIXELS = 1 << 24
-"""Pixels per connected-components call (labels are int32: about 64 MB)."""
+_CC_PIXELS = 1 << 22
+"""Pixels per OpenCV call (4 M: the mask and int32 labels stay small and cache-friendly)."""
 
 
 # --------------------------------------------------------------------------- threshold policy
@@ -157,57 +157,88 @@ def heatmap_thresholds(maps: np.ndarray, policy: ThresholdPolicy) -> np.ndarray:
     raise ValueError(f"unknown threshold policy {policy.policy!r}")
 
 
-def _foreground(maps: np.ndarray, policy: ThresholdPolicy) -> np.ndarray:
-    """Boolean ``N x H x W`` masks of the pixels above threshold."""
-    if policy.policy == "otsu":
-        levels = _quantise(maps)
-        t = _otsu_levels(levels.reshape(levels.shape[0], -1))
-        return levels > t[:, None, None].astype(np.uint8)
-    thr = heatmap_thresholds(maps, policy)
-    return maps > thr[:, None, None]
+def _tall_masks(maps: np.ndarray, policy: ThresholdPolicy) -> Iterator[tuple[int, np.ndarray]]:
+    """Foreground masks of chunks of maps, each chunk stacked into one tall 8-bit image.
 
+    Every mask is followed by an empty row, so one OpenCV call handles a whole chunk and no
+    region can cross from one map into the next (not even diagonally).
 
-def _components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Connected regions (8-connectivity) of every mask.
-
-    The masks are stacked into one tall image with an empty row between consecutive masks,
-    so a single OpenCV call labels the regions of many maps (no region can cross the empty
-    row, not even diagonally).
-
-    Returns:
-        (map index per region, ``R x 4`` boxes x/y/w/h, pixel count per region).
+    Yields:
+        (index of the chunk's first map, ``(c * (H + 1)) x W`` uint8 image, 1 = foreground).
 
     """
-    n, h, w = masks.shape
+    n, h, w = maps.shape
     per_call = max(1, _CC_PIXELS // ((h + 1) * max(w, 1)))
-    map_ids, boxes, areas = [], [], []
+    thr = heatmap_thresholds(maps, policy) if policy.policy != "otsu" else None
     for start in range(0, n, per_call):
-        chunk = masks[start : start + per_call]
-        tall = np.zeros((chunk.shape[0], h + 1, w), dtype=np.uint8)
-        tall[:, :h] = chunk
-        _, _, stats, _ = cv2.connectedComponentsWithStats(tall.reshape(-1, w), connectivity=8, ltype=cv2.CV_32S)
-        stats = stats[1:]  # label 0 is the background
-        top = stats[:, cv2.CC_STAT_TOP]
-        local_map = top // (h + 1)
+        chunk = maps[start : start + per_call]
+        c = chunk.shape[0]
+        tall = np.zeros((c, h + 1, w), dtype=np.uint8)
+        foreground = tall[:, :h].view(np.bool_)  # written in place: no N x H x W temporary
+        if thr is None:
+            levels = _quantise(chunk)
+            t = _otsu_levels(levels.reshape(c, -1)).astype(np.uint8)
+            np.greater(levels, t[:, None, None], out=foreground)
+        else:
+            np.greater(chunk, thr[start : start + c, None, None], out=foreground)
+        yield start, tall.reshape(-1, w)
+
+
+def _region_boxes_contours(tall: np.ndarray) -> np.ndarray:
+    """``R x 4`` bounding boxes (x, y, w, h) of the 8-connected regions of a binary image.
+
+    Each region has exactly one outer border; with ``RETR_CCOMP`` the outer borders are the
+    contours without a parent (holes are their children, and a region inside a hole is
+    again top-level). The box of a region is the extent of its outer border's points. This
+    is several times faster than ``connectedComponentsWithStats`` and gives the same boxes.
+    """
+    contours, hierarchy = cv2.findContours(tall, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((0, 4), np.int64)
+    lengths = np.fromiter(map(len, contours), dtype=np.int64, count=len(contours))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    lo = np.minimum.reduceat(points, starts, axis=0)
+    hi = np.maximum.reduceat(points, starts, axis=0)
+    outer = hierarchy.reshape(-1, 4)[:, 3] < 0
+    return np.concatenate([lo, hi - lo + 1], axis=1)[outer]
+
+
+def _region_boxes_stats(tall: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding boxes and pixel counts of the 8-connected regions of a binary image."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(tall, connectivity=8, ltype=cv2.CV_32S)
+    stats = stats[1:].astype(np.int64)  # label 0 is the background
+    return stats[:, :4], stats[:, cv2.CC_STAT_AREA]
+
+
+def _components(
+    maps: np.ndarray, policy: ThresholdPolicy, with_area: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Regions above threshold of every map.
+
+    Returns:
+        (map index per region, ``R x 4`` float boxes in the map's pixels, pixel count per
+        region or None when ``with_area`` is False).
+
+    """
+    h = maps.shape[1]
+    map_ids, boxes, areas = [], [], []
+    for start, tall in _tall_masks(maps, policy):
+        if with_area:
+            b, a = _region_boxes_stats(tall)
+            areas.append(a)
+        else:
+            b = _region_boxes_contours(tall)
+        local_map = b[:, 1] // (h + 1)
+        b[:, 1] -= local_map * (h + 1)
         map_ids.append(local_map + start)
-        boxes.append(
-            np.stack(
-                [
-                    stats[:, cv2.CC_STAT_LEFT],
-                    top - local_map * (h + 1),
-                    stats[:, cv2.CC_STAT_WIDTH],
-                    stats[:, cv2.CC_STAT_HEIGHT],
-                ],
-                axis=1,
-            )
-        )
-        areas.append(stats[:, cv2.CC_STAT_AREA])
+        boxes.append(b)
     if not map_ids:
-        return np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros((0, 4)), (np.zeros(0, np.int64) if with_area else None)
     return (
-        np.concatenate(map_ids).astype(np.int64),
+        np.concatenate(map_ids),
         np.concatenate(boxes).astype(np.float64),
-        np.concatenate(areas).astype(np.int64),
+        np.concatenate(areas) if with_area else None,
     )
 
 
@@ -228,10 +259,11 @@ def heatmaps_to_boxes(maps: np.ndarray, policy: ThresholdPolicy | None = None) -
     policy.validate()
     maps = _as_maps(maps)
     n = maps.shape[0]
-    map_id, boxes, area = _components(_foreground(maps, policy))
-    if policy.components == "all":
-        order = np.lexsort((area, boxes[:, 3], boxes[:, 2], boxes[:, 0], boxes[:, 1], map_id))
-        keep = order
+    if n == 0:
+        return []
+    map_id, boxes, area = _components(maps, policy, with_area=policy.components != "all")
+    if area is None:
+        keep = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 0], boxes[:, 1], map_id))
     else:
         k = 1 if policy.components == "largest" else policy.top_k
         order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 0], boxes[:, 1], -area, map_id))
@@ -239,7 +271,7 @@ def heatmaps_to_boxes(maps: np.ndarray, policy: ThresholdPolicy | None = None) -
         rank = np.arange(order.size) - np.searchsorted(sorted_maps, sorted_maps, side="left")
         keep = order[rank < k]
     counts = np.bincount(map_id[keep], minlength=n)
-    return np.split(boxes[keep], np.cumsum(counts)[:-1]) if n else []
+    return np.split(boxes[keep], np.cumsum(counts)[:-1])
 
 
 def heatmap_to_boxes(heatmap: np.ndarray, policy: ThresholdPolicy | None = None) -> np.ndarray:

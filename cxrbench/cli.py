@@ -395,6 +395,16 @@ def _hooks_of(pm: Any, plugin_name: str) -> list[str]:
     return [caller.name for caller in pm.get_hookcallers(pm.get_plugin(plugin_name)) or []]
 
 
+def _describe_field(field: Any) -> str:
+    import dataclasses
+
+    if field.default is not dataclasses.MISSING:
+        return f"{field.name}={field.default!r}"
+    if field.default_factory is not dataclasses.MISSING:
+        return f"{field.name}={field.default_factory()!r}"
+    return f"{field.name} (required)"
+
+
 @cli.command(name="list")
 @click.argument("kind", type=click.Choice(sorted(KIND_OF_LIST)))
 def list_components(kind: str) -> None:
@@ -408,8 +418,7 @@ def list_components(kind: str) -> None:
         table.add_column(col)
     for name, cls, provider in registry.items(component_kind):
         fields = dataclasses.fields(cls.Options)
-        opts = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name} (required)"
-                         for f in fields)
+        opts = ", ".join(_describe_field(f) for f in fields)
         table.add_row(name, provider, cls.describe(), opts or "-")
     console.print(table)
     families = [cls for cls, _ in registry._families[component_kind]]

@@ -138,6 +138,31 @@ def test_batched_boxes_equal_per_map_opencv():
         np.testing.assert_array_equal(boxes, ref)
 
 
+def test_region_inside_a_hole_gets_its_own_box():
+    m = np.zeros((12, 12))
+    m[1:10, 1:10] = 1.0
+    m[3:8, 3:8] = 0.0  # a hole ...
+    m[5, 5] = 1.0  # ... with a region inside
+    boxes = heatmap_to_boxes(m, ThresholdPolicy(policy="fraction"))
+    np.testing.assert_array_equal(boxes, [[1, 1, 9, 9], [5, 5, 1, 1]])
+
+
+@pytest.mark.parametrize("components", ["all", "topk"])
+def test_noisy_masks_match_opencv_components(components):
+    rng = np.random.default_rng(5)
+    maps = rng.random((20, 40, 33))  # salt and pepper: many regions, holes, nesting, edges
+    policy = ThresholdPolicy(policy="fraction", fraction=0.55, components=components, top_k=5)
+    for m, boxes in zip(maps, heatmaps_to_boxes(maps, policy), strict=True):
+        mask = (m > 0.55 * m.max()).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        ref = stats[1:]
+        if components == "all":
+            ref = ref[np.lexsort((ref[:, 3], ref[:, 2], ref[:, 0], ref[:, 1]))]
+        else:
+            ref = ref[np.lexsort((ref[:, 3], ref[:, 2], ref[:, 0], ref[:, 1], -ref[:, 4]))][:5]
+        np.testing.assert_array_equal(boxes, ref[:, :4])
+
+
 def test_empty_and_bad_maps():
     assert heatmap_to_boxes(np.zeros((8, 8)), ThresholdPolicy()).shape == (0, 4)
     assert heatmaps_to_boxes(np.zeros((0, 8, 8))) == []

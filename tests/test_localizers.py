@@ -257,10 +257,21 @@ def test_eigencam_is_class_independent_and_sign_fixed():
     maps = raw(EigenCAM, model, images, [0, 3, 1])
     torch.testing.assert_close(maps[:, 0], maps[:, 1])
     torch.testing.assert_close(maps[:, 0], maps[:, 2])
-    # Flipping every channel's sign flips SVD's output; the sign rule must not depend on it.
+    # Scaling and shifting the activations scales the projection (centring removes shifts).
     act = model.backbone.forward_features(images).detach()
-    shifted = principal_projection(act * 2.0 + 1.0)  # same directions, sum(v) rule stable
-    torch.testing.assert_close(shifted, 2.0 * principal_projection(act))
+    torch.testing.assert_close(principal_projection(act * 2.0 + 1.0), 2.0 * principal_projection(act))
+    # A rank-one blob with positive channel loadings: the map must be the blob, not its
+    # negative, whatever sign the SVD returns; negated activations give the negated map.
+    generator = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    blob = torch.exp(-((yy - 2) ** 2 + (xx - 5) ** 2) / 4).double()
+    loadings = torch.rand(2, 16, generator=generator, dtype=torch.float64) + 0.1
+    blobs = loadings[:, :, None, None] * blob + 0.01 * torch.randn(2, 16, 8, 8, generator=generator).double()
+    projection = principal_projection(blobs)
+    for p in projection:
+        assert torch.corrcoef(torch.stack([p.flatten(), blob.flatten()]))[0, 1] > 0.99
+        assert divmod(int(p.argmax()), 8) == (2, 5)
+    torch.testing.assert_close(principal_projection(-blobs), -projection)
 
 
 def test_scorecam_matches_a_direct_loop():

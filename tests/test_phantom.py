@@ -259,6 +259,11 @@ def test_class_subset():
     assert len(boxes) and set(boxes["class_index"]) <= {0, 1}
 
 
+def test_direct_construction_is_validated_too():
+    with pytest.raises(UsageError, match="unknown class 'Hernia'"):
+        PhantomDataset(Options(classes=("Hernia",)))
+
+
 def test_unknown_split_and_index(small):
     with pytest.raises(UsageError, match="no split 'validation'"):
         small.split("validation")

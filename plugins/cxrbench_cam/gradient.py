@@ -73,11 +73,14 @@ class GradCAMPlusPlus(GradientLocalizer):
         # alpha relu(g) = g^2 relu(g) / (g^2 (2 + S g)) = relu(g) / (2 + S g), S = sum_ab A_ab:
         # the same value with three element-wise passes instead of ten (g > 0 wherever
         # relu(g) is non-zero, so dividing out g^2 is exact).
+        # Where g <= 0 the term is 0 whatever the denominator; using relu(g) in it too
+        # keeps it at 2 there, so 0 / 0 cannot occur.
         total = activation.sum(dim=(-2, -1), keepdim=True)  # N x C x 1 x 1
-        denominator = (grads * total).add_(2.0)
-        terms = grads.clamp_min(0.0).div_(denominator)
+        positive = grads.clamp_min(0.0)
+        denominator = (positive * total).add_(2.0)
+        terms = positive.div_(denominator)
         if not bool((total >= 0).all()):
-            # 2 + S g = 0 (with g > 0) needs S < 0: only layers with negative activations.
+            # 2 + S g = 0 with g > 0 needs S < 0: only layers with negative activations.
             zero = torch.zeros((), dtype=terms.dtype, device=terms.device)
             terms = torch.where(denominator != 0, terms, zero)
         return _weighted_sum(terms.sum(dim=(-2, -1)), activation)

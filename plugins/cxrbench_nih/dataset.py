@@ -32,6 +32,7 @@ from cxrbench.errors import UsageError
 from cxrbench.imageio import image_size, read_grey, scan_files
 from cxrbench.interfaces import BOX_COLUMNS, Dataset, DatasetContext, Split, empty_boxes
 from cxrbench.options import options_to_dict
+from cxrbench.splits import patient_split
 
 from .tables import (
     NIH8,
@@ -75,20 +76,6 @@ def resolve_classes(spec: str | tuple[str, ...]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"classes lists a finding twice: {list(names)}")
     return names
-
-
-def patient_split(patients: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Pick ``round(val_fraction * P)`` of the P distinct patients for validation.
-
-    Returns the chosen patient ids (use with ``np.isin``).
-
-    The patients are sorted before the seeded shuffle, so the choice depends only on
-    the published table and the seed (not on row order or on which images are present).
-    """
-    unique = np.unique(np.asarray(patients))
-    n_val = int(round(val_fraction * len(unique)))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return unique[order[:n_val]]
 
 
 @dataclasses.dataclass

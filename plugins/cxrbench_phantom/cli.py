@@ -30,7 +30,7 @@ def _check(**values: object) -> Options:
 def phantom() -> None:
     """Synthetic chest X-rays with planted lesions and their exact boxes.
 
-    The phantom dataset needs no files: a grid names it (``dataset: phantom``) and every
+    The phantom dataset needs no files: a grid names it (dataset: phantom) and every
     image is generated on demand from a seed. These commands write it to disk in the
     layouts of the real datasets, so the NIH and CheXpert loaders can be tried end to
     end, and draw a contact sheet to look at.
@@ -139,7 +139,7 @@ def export(
     help="Lesion conspicuity: 0 = obvious, 1 = contrast near the noise level.",
 )
 def preview(out: Path, count: int, columns: int, image_size: int, seed: int, difficulty: float) -> None:
-    """Draw phantom images with every lesion's box and finding, to look at.
+    """Write a contact sheet of phantom images with their boxes.
 
     The sheet is chosen so that every finding appears at least once, plus one image
     without findings; each caption gives the image id and its findings.

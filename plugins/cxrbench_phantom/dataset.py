@@ -108,6 +108,10 @@ class PhantomDataset(Dataset):
 
     def __init__(self, options: Options, context: DatasetContext | None = None) -> None:
         super().__init__(options, context or DatasetContext())
+        try:  # the host validates options from a grid; this catches direct construction
+            options.validate()
+        except ValueError as exc:
+            raise UsageError(f"dataset 'phantom': {exc}") from None
         self.generator = generator_for(options)
         self.classes = list(options.classes) if options.classes else list(CLASSES)
         self.native_size = options.image_size

@@ -209,15 +209,15 @@ def _point_in(
 def _nodule(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
     u, v = _point_in(rng, thorax, side, 0.1, 0.85, 0.02)
-    shape = g.blob(u, v, rng.uniform(0.016, 0.026), rng.uniform(0.0, 0.06, 2), rng.uniform(0, 6.3, 2), 28)
-    return Lesion("Nodule", side, (shape,), clip_to_lung=False, contrast=0.30)
+    shape = g.blob(u, v, rng.uniform(0.02, 0.03), rng.uniform(0.0, 0.06, 2), rng.uniform(0, 6.3, 2), 28)
+    return Lesion("Nodule", side, (shape,), clip_to_lung=False, contrast=0.36)
 
 
 def _mass(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     side = int(rng.integers(2))
     u, v = _point_in(rng, thorax, side, 0.15, 0.8, 0.05)
     shape = g.blob(u, v, rng.uniform(0.05, 0.08), rng.uniform(0.0, 0.09, 3), rng.uniform(0, 6.3, 3), 48)
-    return Lesion("Mass", side, (shape,), clip_to_lung=False, contrast=0.26)
+    return Lesion("Mass", side, (shape,), clip_to_lung=False, contrast=0.30)
 
 
 def _effusion(rng: np.random.Generator, lungs: tuple, side: int) -> Lesion:
@@ -254,7 +254,7 @@ def _infiltration(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
     for _ in range(int(rng.integers(1, 3))):
         du, dv = rng.normal(0.0, 0.035, 2)
         parts.append(g.ellipse(u + du, v + dv, rng.uniform(0.03, 0.055), rng.uniform(0.03, 0.055), 0.0, 20))
-    return Lesion("Infiltration", side, tuple(parts), contrast=0.24)
+    return Lesion("Infiltration", side, tuple(parts), contrast=0.30)
 
 
 def _pneumonia(rng: np.random.Generator, thorax: _Thorax) -> Lesion:
@@ -333,7 +333,7 @@ def sample_scene(
             lift[s] = rng.uniform(0.02, 0.045) * (1.0 - 0.5 * difficulty)
     enlarge = 1.0
     if "Cardiomegaly" in findings:
-        enlarge = 1.0 + (0.42 - 0.30 * difficulty) * rng.uniform(0.8, 1.2)
+        enlarge = 1.0 + (0.42 - 0.36 * difficulty) * rng.uniform(0.8, 1.2)
 
     lungs = _lungs(prng, rng, (lift[0], lift[1]))
     heart = _heart(prng, rng, enlarge)
