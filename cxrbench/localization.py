@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boxes import LocalizationPair, ThresholdPolicy, heatmap_to_boxes, localization_metrics, tune_policy
+from .boxes import LocalizationPair, ThresholdPolicy, heatmaps_to_boxes, localization_metrics, tune_policy
 from .data import BatchLoader, PreparedSplit
 from .interfaces import Localizer
 from .model import Classifier
@@ -108,11 +108,12 @@ def compute_maps(
 def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str],
           hit_tolerance: float) -> dict[str, float]:
     """Turn the maps of a run into boxes with ``policy`` and score them."""
+    predicted = heatmaps_to_boxes(run.maps, policy) if len(run.pair_rows) else []
     pairs = [
         LocalizationPair(
             class_index=int(run.pair_classes[i]),
             true_boxes=run.true_boxes[i],
-            pred_boxes=heatmap_to_boxes(run.maps[i], policy),
+            pred_boxes=predicted[i],
             peak_xy=(float(run.peaks[i, 0]), float(run.peaks[i, 1])),
         )
         for i in range(len(run.pair_rows))
