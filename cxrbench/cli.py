@@ -14,10 +14,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import PluginError, UsageError
+from .errors import PluginError, UsageError, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
 KIND_OF_LIST = {"datasets": "dataset", "backbones": "backbone", "heads": "head", "localizers": "localizer",
@@ -64,7 +65,7 @@ STATE = _State()
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False)
 
 
 results_option = click.option(
@@ -467,7 +468,7 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
                 report = prepare_split(dataset, split_name, size, cache_root, workers=workers,
                                        progress=lambda n, t=task: bars.advance(t, n))
             for image_id, error in report.failed:
-                err_console.print(f"[red]unreadable:[/] {image_id}: {error}", highlight=False)
+                err_console.print("[red]unreadable:[/] " + escape(one_line(f"{image_id}: {error}")), highlight=False)
             failures += len(report.failed)
             console.print(f"{spec.label()} {split_name}: {report.decoded} decoded, {report.already_done} already "
                           f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False)
@@ -479,7 +480,7 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, join_key
 from .options import options_to_dict, parse_options
 from .registry import Registry
 
@@ -243,7 +243,7 @@ def _component(registry: Registry, kind: str, entry: Any, path: str, *, allow_th
         unknown = sorted(set(entry) - allowed)
         if unknown:
             raise ConfigError(
-                f"{path}.{unknown[0]}", f"unknown key; a {kind} entry has keys: {', '.join(sorted(allowed))}"
+                join_key(path, unknown[0]), f"unknown key; a {kind} entry has keys: {', '.join(sorted(allowed))}"
             )
         if "name" not in entry:
             raise ConfigError(path, f"a {kind} entry needs a 'name'")
@@ -319,7 +319,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
 
             close = difflib.get_close_matches(str(key), list(GRID_KEYS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(str(key), f"unknown key{hint} (valid keys: {', '.join(GRID_KEYS)})")
+            raise ConfigError(join_key("", key), f"unknown key{hint} (valid keys: {', '.join(GRID_KEYS)})")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ConfigError("name", f"expected a grid name of letters, digits, '_', '-', '.', got {name!r}")
@@ -368,7 +368,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
             raise ConfigError(f"exclude[{i}]", "expected a mapping such as {backbone: densenet121, head: max}")
         for axis, value in rule.items():
             if axis not in AXES:
-                raise ConfigError(f"exclude[{i}].{axis}", f"unknown axis; valid: {', '.join(AXES)}")
+                raise ConfigError(join_key(f"exclude[{i}]", axis), f"unknown axis; valid: {', '.join(AXES)}")
             if value not in axis_names[axis]:
                 raise ConfigError(
                     f"exclude[{i}].{axis}",

@@ -6,6 +6,23 @@ Only :mod:`cxrbench.cli` turns these into exit codes; everything else raises the
 from __future__ import annotations
 
 
+def join_key(path: str, key: object) -> str:
+    """Extend a YAML path by a mapping key, quoting keys that are not plain words.
+
+    Keys come from user files and may hold spaces or control characters; quoting them
+    keeps an error message on one readable line.
+    """
+    text = str(key)
+    if text and all(ch.isalnum() or ch in "_-" for ch in text):
+        return f"{path}.{text}" if path else text
+    return f"{path}[{text!r}]"
+
+
+def one_line(message: str) -> str:
+    """Escape line breaks and other non-printable characters so a message stays one line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+
+
 class CxrbenchError(Exception):
     """Base class of every error cxrbench raises on purpose."""
 

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import ConfigError, join_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +133,8 @@ def parse_options(options_cls: type, raw: Any, path: str, owner: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"{path}.{key}", f"unknown option for {owner}; valid options: {valid}")
-        values[key] = coerce(value, hints[key], f"{path}.{key}")
+            raise ConfigError(join_key(path, key), f"unknown option for {owner}; valid options: {valid}")
+        values[key] = coerce(value, hints[key], join_key(path, key))
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:

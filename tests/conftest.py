@@ -6,11 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from cxrbench.manager import build_plugin_manager
 from cxrbench.registry import Registry
 
 torch.set_num_threads(1)
+
+# CI must be reproducible: property tests replay the same examples on every run. Explore new
+# ones locally with ``pytest --hypothesis-profile=explore``.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=2000, print_blob=True)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -2,7 +2,7 @@
 
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cxrbench import cli as cli_module
@@ -38,6 +38,8 @@ def check(runner, path, text):
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(grid=mutated_grid())
+@example(grid={**TINY_GRID, "datasets": [{"name": "toy", "options": {"\x1e": None}}]})  # a key that splits lines
+@example(grid={**TINY_GRID, "datasets": [{"name": "toy", "options": {"[red]x": 1}}]})  # a key that looks like markup
 def test_malformed_grids_give_one_line(grid, toy_pm, tmp_path):
     cli_module.STATE.reset(toy_pm)
     try:
