@@ -248,22 +248,17 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         records = report.filter_records(records, filters)
         if group_by:
             records = report.group_records(records, [a.strip() for a in group_by.split(",") if a.strip()])
+        if sort_key:
+            report.check_sort_key(records, sort_key)
+            records = report.sort_records(records, sort_key)
+        shown = report.top_records(records, top, sort_key) if top is not None else records
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if sort_key:
-        records = report.sort_records(records, sort_key)
-    if top is not None:
-        records = records[:top] if sort_key else report.sort_records(records)[:top]
+    # the best cell is compared with the runner-up even when --top hides the runner-up
+    sig = report.significance(records, results_dir) if fmt == "table" and significance and not group_by else None
+    records = shown
     if fmt == "table":
-        report.render_tables(console, records, grid_name, sort_key=sort_key)
-        if significance and not group_by:
-            sig = report.significance(records, results_dir)
-            if sig is not None:
-                verdict = "[green]significantly better[/] than" if sig["significant"] else "not significantly " \
-                    "different from"
-                console.print(f"Top cell {sig['best']} is {verdict} {sig['next']}: mean AUROC +{sig['diff']:.4f} "
-                              f"(95% CI {sig['low']:.4f} to {sig['high']:.4f}, paired bootstrap over patients, "
-                              f"p = {sig['p']:.3g})", highlight=False)
+        report.render_tables(console, records, grid_name, sort_key=sort_key, sig=sig)
         return
     text = report.export(records, fmt)
     if output is not None:
@@ -468,10 +463,13 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
                 report = prepare_split(dataset, split_name, size, cache_root, workers=workers,
                                        progress=lambda n, t=task: bars.advance(t, n))
             for image_id, error in report.failed:
-                err_console.print("[red]unreadable:[/] " + escape(one_line(f"{image_id}: {error}")), highlight=False)
+                # soft_wrap: one line per file even in a narrow terminal or a log, so it greps whole.
+                err_console.print("[red]unreadable:[/] " + escape(one_line(f"{image_id}: {error}")), highlight=False,
+                                  soft_wrap=True)
             failures += len(report.failed)
             console.print(f"{spec.label()} {split_name}: {report.decoded} decoded, {report.already_done} already "
-                          f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False)
+                          f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False,
+                          soft_wrap=True)
     if failures:
         sys.exit(EXIT_FAILED)
 

@@ -315,11 +315,16 @@ class Augment:
         return x
 
 
+_NEG_SHIFT = torch.tensor(-IMAGENET_GREY_MEAN / IMAGENET_GREY_STD, dtype=torch.float64)
+
+
 def normalise(batch_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``N x H x W`` uint8 (on any device) -> ``N x 1 x H x W`` normalised float."""
     scale = 1.0 / (255.0 * IMAGENET_GREY_STD)
-    shift = IMAGENET_GREY_MEAN / IMAGENET_GREY_STD
-    return batch_u8.unsqueeze(1).to(dtype).mul_(scale).sub_(shift)
+    x = batch_u8.unsqueeze(1).to(dtype)
+    # One fused pass, x * scale - mean / std, written in place: a 0-dim tensor acts as a
+    # scalar on any device and dtype (one rounding in half precision, one kernel on the GPU).
+    return torch.add(_NEG_SHIFT, x, alpha=scale, out=x)
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:
@@ -427,7 +432,7 @@ class BatchLoader:
                 if self.augment is not None:
                     x = batch.unsqueeze(1).float().div_(255.0)
                     x = self.augment(x, self.generator)
-                    x = (x - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD
+                    x = x.sub_(IMAGENET_GREY_MEAN).div_(IMAGENET_GREY_STD)
                 else:
                     x = normalise(batch)
                 if self.channels_last:

@@ -53,6 +53,25 @@ def load_cell(store: Any, registry: Any, cell_id: str, device: torch.device | No
     return dataset, model, cell
 
 
+def scored_policy(store: Any, cell_id: str, spec: ComponentSpec) -> dict[str, Any] | None:
+    """The threshold policy a cell's stored localization row used for ``spec``, or None.
+
+    Rows are matched by localizer key (name, options and effective threshold, with the
+    default threshold of the grid that scored the row), so a tuned value is found too.
+    """
+    from .grid import localizer_key
+
+    for record in store.records():
+        if record["cell_id"] != cell_id or record.get("localizer_status") != "ok":
+            continue
+        policy = (record.get("localizer_settings") or {}).get("policy")
+        for grid in filter(None, (record.get("grid") or "").split(",")):
+            default = ((store.grid_spec(grid) or {}).get("localization") or {}).get("threshold")
+            if policy and record["localizer_key"] == localizer_key(spec, default):
+                return policy
+    return None
+
+
 def render_heatmaps(
     store: Any,
     registry: Any,
@@ -76,13 +95,15 @@ def render_heatmaps(
         split: the split to draw from.
         images: image ids to draw (default: the first ``count`` boxed images).
         count: how many images when ``images`` is not given.
-        threshold: heatmap-to-box policy override (default: each localizer's).
+        threshold: heatmap-to-box policy override. Default: the policy the cell's stored
+            localization row for that localizer used (tuned values included), so the green
+            boxes are the ones that were scored; else the localizer's own default.
 
     Returns:
         The PNG files written: ``<image>_<class>_<localizer>.png``.
 
     """
-    from .boxes import heatmap_to_boxes
+    from .boxes import ThresholdPolicy, heatmap_to_boxes
     from .data import load_split
     from .localization import compute_maps, resolve_policy
     from .overlays import render_overlay, safe_name
@@ -97,6 +118,10 @@ def render_heatmaps(
         if missing:
             raise UsageError(f"image {missing[0]!r} is not in split {split!r} of {dataset.NAME}")
         keep = {known[i] for i in images}
+        boxed = set(data.boxes["index"].tolist())
+        unboxed = [i for i in images if known[i] not in boxed]
+        if unboxed:
+            raise UsageError(f"image {unboxed[0]!r} has no boxes in split {split!r} of {dataset.NAME}")
     else:
         keep = set(np.unique(data.boxes["index"].to_numpy())[:count].tolist()) if not data.boxes.empty else set()
     if not keep:
@@ -111,7 +136,12 @@ def render_heatmaps(
         reason = localizer.unsupported_reason(model)
         if reason:
             raise UsageError(f"localizer '{spec.name}' cannot explain cell {cell['cell_id']}: {reason}")
-        policy = resolve_policy(spec.cls, spec.threshold or threshold, None)
+        if threshold:
+            policy = parse_options(ThresholdPolicy, threshold, "threshold", f"localizer '{spec.name}'")
+        else:
+            scored = scored_policy(store, cell["cell_id"], spec)
+            policy = (parse_options(ThresholdPolicy, scored, "threshold", f"localizer '{spec.name}'") if scored
+                      else resolve_policy(spec.cls, spec.threshold, None))
         run = compute_maps(model, localizer, data, batch_size=8, device=torch.device("cpu"))
         for p in range(len(run.pair_rows)):
             row = int(run.pair_rows[p])

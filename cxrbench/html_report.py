@@ -1,8 +1,8 @@
 """``cxrbench report``: ONE self-contained HTML file (images inlined, no network needed).
 
 Sections: the grid, the leaderboards (with the significance of the top row), ROC curves
-per class for the best cells (matplotlib), and a gallery of heatmap overlays with the
-true box (red) and predicted boxes (green).
+per class comparing the best cells (matplotlib), and a gallery of heatmap overlays with
+the true box (red) and predicted boxes (green).
 """
 
 from __future__ import annotations
@@ -23,8 +23,19 @@ def _png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def roc_figure(predictions: Path, title: str) -> bytes:
-    """ROC curves of every class of one cell, as PNG bytes."""
+def roc_figures(cells: list[tuple[str, Path]]) -> list[tuple[str, bytes]]:
+    """One ROC figure per class, with a curve for each cell, as PNG bytes.
+
+    Comparing models is what a leaderboard report is for, so each class gets its own
+    axes with the cells overlaid (rather than one figure per cell).
+
+    Args:
+        cells: ``(label, predictions.npz path)`` per cell, best first.
+
+    Returns:
+        ``(class name, PNG bytes)`` per class, in the first cell's class order.
+
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,24 +43,33 @@ def roc_figure(predictions: Path, title: str) -> bytes:
 
     from .metrics import auroc, roc_curve_points
 
-    data = np.load(predictions)
-    labels, scores, classes = data["labels"], data["scores"], [str(c) for c in data["classes"]]
-    values = auroc(labels, scores)
-    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=90)
-    for k, points in enumerate(roc_curve_points(labels, scores)):
-        if points is None:
-            continue
-        fpr, tpr = points[0], points[1]
-        ax.plot(fpr, tpr, lw=1.3, label=f"{classes[k]} ({values[k]:.3f})")
-    ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    curves: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]] = {}
+    for label, path in cells:
+        data = np.load(path)
+        labels, scores, classes = data["labels"], data["scores"], [str(c) for c in data["classes"]]
+        values = auroc(labels, scores)
+        for k, points in enumerate(roc_curve_points(labels, scores)):
+            entry = curves.setdefault(classes[k], [])
+            if points is not None:
+                entry.append((label, points[0], points[1], float(values[k])))
+    figures = []
+    for name, entries in curves.items():
+        fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=90)
+        for label, fpr, tpr, value in entries:
+            ax.plot(fpr, tpr, lw=1.3, label=f"{label} ({value:.3f})")
+        ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=name, xlim=(0, 1), ylim=(0, 1.01))
+        ax.title.set_fontsize(10)
+        if entries:
+            ax.legend(fontsize=6, loc="lower right")
+        else:  # a class without both labels in the test split has no curve: say so in the figure
+            ax.text(0.5, 0.5, "no positive and negative\ntest images", ha="center", va="center", fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        figures.append((name, buffer.getvalue()))
+    return figures
 
 
 def _gallery_images(store: Any, registry: Any, grid_name: str, records: list[dict[str, Any]], count: int,
@@ -96,18 +116,21 @@ def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = 
                     f"mean AUROC difference {sig['diff']:.4f} (95% CI {sig['low']:.4f} to {sig['high']:.4f}, "
                     f"paired bootstrap over patients, p = {sig['p']:.3g}).</p>")
     body.append(html_tables(records))
-    body.append("<h2>ROC curves</h2><div>")
+    body.append(f"<h2>ROC curves</h2><p class='muted'>per class, the {roc_cells} best cells by mean AUROC</p><div>")
     ranked = sort_records(list({r["cell_id"]: r for r in records if r["status"] == "ok"}.values()))
-    for r in ranked[:roc_cells]:
-        predictions = store.cell_dir(r["cell_id"]) / "predictions.npz"
-        if predictions.exists():
-            title = f"{r['backbone']} / {r['head']} / seed {r['seed']}"
-            body.append(f"<figure><img alt='ROC {html.escape(title)}' "
-                        f"src='{_png_data_uri(roc_figure(predictions, title))}'></figure>")
+    with_predictions = [(f"{r['backbone']} / {r['head']} / seed {r['seed']}",
+                         store.cell_dir(r["cell_id"]) / "predictions.npz") for r in ranked[:roc_cells]]
+    with_predictions = [(label, path) for label, path in with_predictions if path.exists()]
+    for name, png in roc_figures(with_predictions) if with_predictions else []:
+        body.append(f"<figure><img alt='ROC {html.escape(name)}' src='{_png_data_uri(png)}'>"
+                    f"<figcaption>ROC {html.escape(name)}</figcaption></figure>")
     body.append("</div><h2>Heatmaps</h2><p class='muted'>true box red, predicted boxes green</p>"
                 "<div class='gallery'>")
     with tempfile.TemporaryDirectory() as tmp:
-        for caption, path in _gallery_images(store, registry, grid_name, records, gallery_images, Path(tmp)):
+        gallery = _gallery_images(store, registry, grid_name, records, gallery_images, Path(tmp))
+        if not gallery:
+            body.append("<p class='muted'>no heatmaps: the grid has no localizers or no finished cell</p>")
+        for caption, path in gallery:
             if path.is_file():
                 body.append(f"<figure><img alt='{html.escape(path.stem)}' src='{_png_data_uri(path.read_bytes())}'>"
                             f"<figcaption>{html.escape(caption)}<br>{html.escape(path.stem)}</figcaption></figure>")

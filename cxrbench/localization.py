@@ -49,11 +49,11 @@ def boxed_pairs(data: PreparedSplit, max_images: int | None = None) -> tuple[np.
     if max_images is not None:
         rows_all = rows_all[:max_images]
         boxes = boxes[boxes["index"].isin(rows_all)]
-    grouped = boxes.groupby(["index", "class_index"], sort=True)
-    keys = list(grouped.groups.keys())
-    rows = np.array([k[0] for k in keys], dtype=np.int64)
-    classes = np.array([k[1] for k in keys], dtype=np.int64)
-    true = [g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64) for _, g in grouped]
+    # keys and boxes from one pass over the groups, so they can never come out in different orders
+    groups = list(boxes.groupby(["index", "class_index"], sort=True))
+    rows = np.array([int(key[0]) for key, _ in groups], dtype=np.int64)
+    classes = np.array([int(key[1]) for key, _ in groups], dtype=np.int64)
+    true = [g[["x", "y", "w", "h"]].to_numpy(dtype=np.float64) for _, g in groups]
     return rows, classes, true
 
 
@@ -164,7 +164,10 @@ def evaluate(
 
     """
     settings: dict[str, Any] = {"policy": options_to_dict(policy), "tuned": False}
-    if tune_on is not None and not tune_on.boxes.empty:
+    if tune_on is not None and tune_on.boxes.empty:
+        # say why the stored policy is the untuned one (e.g. NIH and the phantom box only their test images)
+        settings["tune_skipped"] = f"split '{tune_on.name}' has no boxes"
+    elif tune_on is not None:
         val_run = compute_maps(model, localizer, tune_on, batch_size=batch_size, device=device)
         policy, table = tune_policy(
             [val_run.maps[i] for i in range(len(val_run.pair_rows))],

@@ -2,16 +2,27 @@
 
 The rich display shows cells done / total with an ETA and the current cell's phase
 (epoch, prediction, localization) with its step progress. Without a terminal, or with
-``--no-progress``, one plain line per finished cell is printed instead.
+``--no-progress``, plain lines are printed instead: one when a cell starts, one per phase
+(``epoch 2/5``, ``predict``, ...) and one when it finishes, with counts and the ETA.
+
+Both receive the same calls from :func:`cxrbench.runner.run_grid`: ``start``,
+``cell_started``, ``progress(phase, done, total)`` (from the training loop, prediction and
+localization, through the executor), ``cell_finished`` and ``stop``.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+_EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 
 
 def _cell_line(cell: Any) -> str:
@@ -19,88 +30,204 @@ def _cell_line(cell: Any) -> str:
     return f"{axes['dataset']} / {axes['backbone']} / {axes['head']} / seed {axes['seed']}"
 
 
-class PlainProgress:
-    """Line-by-line progress for logs and non-terminals."""
+def format_eta(seconds: float | None) -> str:
+    """``h:mm:ss``, or ``?`` while there is nothing to estimate from."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, console: Console) -> None:
+
+class EtaEstimate:
+    """Time left for the pending cells of a run.
+
+    After the first finished cell: the run's throughput so far (wall seconds per finished
+    cell, which also holds when an executor runs cells in parallel) times the cells left,
+    less the time already spent since the last cell finished. Before that: the current
+    cell's training progress (``epoch e/E`` at step ``s/S``) extrapolated, since training
+    dominates a cell's time.
+
+    Args:
+        clock: monotonic seconds (tests pass a fake one).
+
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.pending = 0
+        self.finished = 0
+        self.started_at = clock()
+        self.last_finish = self.started_at
+        self.train_fraction = 0.0
+
+    def start(self, pending: int) -> None:
+        """A run with ``pending`` cells to go begins now."""
+        self.pending = pending
+        self.finished = 0
+        self.started_at = self.last_finish = self.clock()
+        self.train_fraction = 0.0
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Note the current cell's training progress (other phases are ignored)."""
+        match = _EPOCH.fullmatch(phase)
+        if match and total > 0:
+            epoch, epochs = int(match.group(1)), int(match.group(2))
+            self.train_fraction = min(1.0, ((epoch - 1) + done / total) / max(epochs, 1))
+
+    def cell_finished(self) -> None:
+        """One more cell is done."""
+        self.finished += 1
+        self.last_finish = self.clock()
+        self.train_fraction = 0.0
+
+    def seconds(self) -> float | None:
+        """Estimated seconds until every pending cell is done, or None when unknown."""
+        left = self.pending - self.finished
+        if left <= 0:
+            return 0.0
+        now = self.clock()
+        if self.finished:
+            per_cell = (self.last_finish - self.started_at) / self.finished
+            # the cell in flight has used some of its share; never promise less than the cells after it
+            return max(per_cell * left - (now - self.last_finish), per_cell * (left - 1))
+        if self.train_fraction > 0:
+            per_cell = (now - self.started_at) / self.train_fraction
+            return per_cell * left - (now - self.started_at)
+        return None
+
+
+class PlainProgress:
+    """Line-by-line progress for logs and non-terminals.
+
+    Args:
+        console: where lines go (markup in cell labels and errors is printed literally).
+        clock: monotonic seconds, for the ETA.
+
+    """
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.eta = EtaEstimate(clock)
         self.done = 0
+        self.started = 0
         self.pending = 0
         self.last_phase = ""
 
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def start(self, total: int, pending: int, skipped: int) -> None:
         self.pending = pending
-        self.console.print(f"{total} cells: {pending} to run, {skipped} already in the store", highlight=False)
+        self.eta.start(pending)
+        self._line(f"{total} cells: {pending} to run, {skipped} already in the store")
 
     def cell_started(self, cell: Any) -> None:
-        self.console.print(f"[{self.done + 1}/{self.pending}] {cell.cell_id} {_cell_line(cell)} ...", highlight=False)
+        # counted separately from ``done``: a parallel executor starts several cells before one finishes
+        self.started += 1
         self.last_phase = ""
+        self._line(f"[{self.started}/{self.pending}] start {cell.cell_id} {_cell_line(cell)}")
 
     def progress(self, phase: str, done: int, total: int) -> None:
-        if phase != self.last_phase and done <= 1:
+        self.eta.progress(phase, done, total)
+        if phase != self.last_phase:
+            # one line per phase, not per batch: logs stay readable over days-long grids
             self.last_phase = phase
+            self._line(f"    {phase} ({total} steps)" if total > 1 else f"    {phase}")
 
     def cell_finished(self, cell: Any, result: dict[str, Any]) -> None:
         self.done += 1
+        self.eta.cell_finished()
         status = result["status"]
         auroc = result.get("metrics", {}).get("auroc_mean")
         detail = f"auroc_mean={auroc:.3f}" if isinstance(auroc, float) else (result.get("error") or "")
         seconds = result.get("info", {}).get("duration_s", 0.0)
-        self.console.print(f"[{self.done}/{self.pending}] {cell.cell_id} {status} in {seconds:.0f}s {detail}",
-                           highlight=False)
+        eta = f", eta {format_eta(self.eta.seconds())}" if self.done < self.pending else ""
+        self._line(f"[{self.done}/{self.pending}] {status} {cell.cell_id} in {seconds:.0f}s {detail} "
+                   f"({self.done} of {self.pending} done{eta})")
 
     def stop(self) -> None:
         pass
 
 
-class RichProgress:
-    """Live display: overall cells bar with ETA, and the current cell's phase bar."""
+class _EtaColumn(ProgressColumn):
+    """The run's ETA on the cells bar (from :class:`EtaEstimate`), rich's own on the phase bar."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, owner: RichProgress) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task: Task) -> Text:
+        if task.id == self.owner.overall:
+            return Text(f"eta {format_eta(self.owner.eta.seconds())}", style="progress.remaining")
+        remaining = task.time_remaining
+        return Text(f"eta {format_eta(remaining)}" if remaining is not None else "", style="progress.remaining")
+
+
+class RichProgress:
+    """Live display: overall cells bar (done / total, ETA) and the current cell's phase bar.
+
+    Args:
+        console: a terminal console.
+        clock: monotonic seconds, for the ETA.
+
+    """
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.eta = EtaEstimate(clock)
         self.bars = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            _EtaColumn(self),
             console=console,
             transient=False,
             refresh_per_second=4,
         )
         self.overall: Any = None
         self.current: Any = None
+        self.cell_label = ""
+        self._phase = ""
         self._last_update = 0.0
 
     def start(self, total: int, pending: int, skipped: int) -> None:
         if skipped:
-            self.console.print(f"{skipped} of {total} cells already in the store (resumed)")
+            self.console.print(f"{skipped} of {total} cells already in the store (resumed)", highlight=False)
+        self.eta.start(pending)
         self.bars.start()
-        self.overall = self.bars.add_task("cells", total=max(pending, 1) if pending else 0)
+        self.overall = self.bars.add_task(f"cells ({total} in grid)", total=pending)
         self.current = self.bars.add_task("", total=1, visible=False)
 
     def cell_started(self, cell: Any) -> None:
-        self.bars.update(self.current, description=f"  {_cell_line(cell)}", completed=0, total=1, visible=True)
+        self.cell_label = f"  {cell.cell_id} {_cell_line(cell)}"
+        self._phase = ""
+        self.bars.reset(self.current, description=self.cell_label, total=1, visible=True)
 
     def progress(self, phase: str, done: int, total: int) -> None:
+        self.eta.progress(phase, done, total)
         now = time.monotonic()
-        if done not in (0, total) and now - self._last_update < 0.1:
-            return  # keep the display cheap: at most ~10 updates a second
-        self._last_update = now
-        self.bars.update(self.current, description=f"  {phase}", completed=done, total=max(total, 1), visible=True)
+        if phase == self._phase and done not in (0, total) and now - self._last_update < 0.1:
+            return  # keep the display cheap: at most ~10 updates a second, but never miss a new phase
+        self._last_update, self._phase = now, phase
+        self.bars.update(self.current, description=f"{self.cell_label}: {phase}", completed=done,
+                         total=max(total, 1), visible=True)
 
     def cell_finished(self, cell: Any, result: dict[str, Any]) -> None:
+        self.eta.cell_finished()
         status = result["status"]
         auroc = result.get("metrics", {}).get("auroc_mean")
         if status == "ok":
             detail = f"[green]ok[/] auroc_mean={auroc:.3f}" if isinstance(auroc, float) else "[green]ok[/]"
         else:
-            detail = f"[red]failed[/] {result.get('error') or ''}"
-        self.console.print(f"{cell.cell_id} {_cell_line(cell)}: {detail}", highlight=False)
+            detail = f"[red]failed[/] {escape(result.get('error') or '')}"
+        # labels like ``tiny[width=4]`` and error text must not be read as rich markup
+        self.console.print(f"{escape(cell.cell_id)} {escape(_cell_line(cell))}: {detail}", highlight=False)
         self.bars.advance(self.overall)
 
     def stop(self) -> None:
+        if self.current is not None:
+            self.bars.update(self.current, visible=False)
         self.bars.stop()
 
 

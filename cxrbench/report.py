@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 ID_COLUMNS = ["cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status"]
@@ -55,7 +56,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row = {k: r.get(k) for k in ID_COLUMNS}
         row["error"] = r.get("error") or r.get("localizer_error")
         info = r.get("info") or {}
-        for key in ("parameters", "train_images_per_s", "inference_images_per_s", "duration_s"):
+        for key in INFO_METRICS:
             if key in info:
                 row[key] = info[key]
         row.update(r["metrics"])
@@ -72,14 +73,103 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def sort_records(records: list[dict[str, Any]], key: str = "auroc_mean") -> list[dict[str, Any]]:
-    """Best first by ``key`` (missing values last), then by cell id for stability."""
+INFO_METRICS = ("parameters", "train_images_per_s", "inference_images_per_s", "duration_s")
+"""Per-cell numbers kept in ``info`` that leaderboards show and can sort by (speed and size)."""
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metric ``key`` ranks first (times, sizes, false positives, losses)."""
+    return key in ("loc_ms_per_image", "parameters", "duration_s", "hamming_loss") or key.startswith("afp_")
+
+
+def _value(r: dict[str, Any], key: str) -> Any:
+    if key in r["metrics"]:
+        return r["metrics"][key]
+    return (r.get("info") or {}).get(key)
+
+
+def _missing(value: Any) -> bool:
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+
+
+def sort_records(records: Sequence[dict[str, Any]], key: str = "auroc_mean") -> list[dict[str, Any]]:
+    """Best first by ``key`` (missing values last), then by cell id for stability.
+
+    ``key`` is a metric or one of :data:`INFO_METRICS`; "best" is the largest value except
+    for the metrics where :func:`lower_is_better`.
+    """
+    sign = 1.0 if lower_is_better(key) else -1.0
+
     def sort_key(r: dict[str, Any]) -> tuple:
-        v = r["metrics"].get(key)
-        missing = v is None or (isinstance(v, float) and math.isnan(v))
-        return (missing, -(v or 0.0) if not missing else 0.0, r["cell_id"], r.get("localizer") or "")
+        v = _value(r, key)
+        missing = _missing(v)
+        return (missing, 0.0 if missing else sign * v, r["cell_id"], r.get("localizer") or "")
 
     return sorted(records, key=sort_key)
+
+
+def check_sort_key(records: Sequence[dict[str, Any]], key: str) -> None:
+    """Refuse a ``--sort`` metric that no record has (a typo would otherwise sort silently by cell id).
+
+    Raises:
+        ValueError: naming the closest known metrics.
+
+    """
+    import difflib
+
+    known = {k for r in records for k in r["metrics"]} | {k for r in records for k in (r.get("info") or {})
+                                                            if k in INFO_METRICS}
+    if not records or key in known:
+        return
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+        " (e.g. auroc_mean, iou_mean, iobb_mean, hit_rate, loc_ms_per_image, train_images_per_s)"
+    raise ValueError(f"--sort {key!r}: no such metric{hint}")
+
+
+def _row_key(r: dict[str, Any]) -> tuple:
+    """What makes one row of the classification leaderboard: a cell, or a group of cells."""
+    if "n" in r["metrics"]:
+        return (r["dataset"], r["backbone"], r["head"], r["seed"])
+    return (r["cell_id"],)
+
+
+def top_records(records: Sequence[dict[str, Any]], n: int, key: str | None = None) -> list[dict[str, Any]]:
+    """The records of the best ``n`` leaderboard rows by ``key`` (default ``auroc_mean``).
+
+    Sorting by a classification metric keeps every localizer record of the best ``n``
+    cells (so the classification table shows ``n`` rows); sorting by a metric that varies
+    between localizers of one cell keeps the best ``n`` (cell, localizer) records.
+
+    Raises:
+        ValueError: when ``n`` is below 1.
+
+    """
+    if n < 1:
+        raise ValueError(f"--top {n}: must be at least 1")
+    key = key or "auroc_mean"
+    ranked = sort_records(records, key)
+    if not _varies_within_cells(ranked, key):
+        wanted: list[tuple] = []
+        for r in ranked:
+            if _row_key(r) not in wanted:
+                wanted.append(_row_key(r))
+        keep = set(wanted[:n])
+        return [r for r in ranked if _row_key(r) in keep]
+    return ranked[:n]
+
+
+def _varies_within_cells(records: Sequence[dict[str, Any]], key: str) -> bool:
+    """True when two records of one leaderboard row disagree on ``key`` (a per-localizer metric)."""
+    seen: dict[tuple, Any] = {}
+    for r in records:
+        v = _value(r, key)
+        v = None if _missing(v) else v
+        row = _row_key(r)
+        if row in seen and seen[row] != v:
+            return True
+        seen.setdefault(row, v)
+    return False
 
 
 def _class_names(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -100,39 +190,68 @@ def _mean_std(m: dict[str, Any], key: str, digits: int = 3) -> str:
     return f"{_fmt(m.get(key), digits)}±{_fmt(std, digits)}"
 
 
-def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table:
-    """One row per cell: mean AUROC with CI and the per-class AUROCs."""
-    cells: dict[str, dict[str, Any]] = {}
+# the cell id is what `cxrbench show` and `heatmap` take: never cut it short on a narrow terminal
+CELL_COLUMN: dict[str, Any] = {"style": "dim", "min_width": 12, "no_wrap": True}
+
+
+def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None,
+                         significant: str | None = None) -> Table:
+    """One row per cell: mean AUROC with CI, the per-class AUROCs, speed and size.
+
+    Args:
+        records: leaderboard records (several per cell are collapsed to one row).
+        title: the table title.
+        sort_key: metric to sort by (default ``auroc_mean``).
+        significant: cell id of the best cell when the paired bootstrap found it
+            significantly better than the runner-up; its AUROC gets a ``*``.
+
+    """
+    cells: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        key = r["cell_id"] if "n" not in r["metrics"] else (r["dataset"], r["backbone"], r["head"], r["seed"])
-        cells.setdefault(key, r)
+        cells.setdefault(_row_key(r), r)
     rows = sort_records(list(cells.values()), sort_key or "auroc_mean")
     classes = _class_names(rows)
     table = Table(title=title, title_justify="left", header_style="bold")
-    for col in ("#", "dataset", "backbone", "head", "seed", "status", "AUROC", "95% CI"):
+    if significant:
+        table.caption = "* significantly better than the runner-up (paired bootstrap over the same test images)"
+    for col in ("#", "dataset", "backbone", "head", "seed", "status", "AUROC"):
         table.add_column(col, justify="right" if col in ("#", "seed", "AUROC") else "left")
+    table.add_column("95% CI", min_width=11)
     for name in classes:
         table.add_column(name[:12], justify="right")
-    table.add_column("img/s train", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("cell", style="dim")
+    for col in ("img/s train", "img/s infer", "params"):
+        table.add_column(col, justify="right")
+    table.add_column("cell", **CELL_COLUMN)
     for rank, r in enumerate(rows, start=1):
         m = r["metrics"]
         ci = "-"
-        if m.get("auroc_ci_low") is not None and m.get("auroc_ci_high") is not None:
+        if not _missing(m.get("auroc_ci_low")) and not _missing(m.get("auroc_ci_high")):
             ci = f"{_fmt(m['auroc_ci_low'])}-{_fmt(m['auroc_ci_high'])}"
         status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{r['status']}[/]"
         info = r.get("info") or {}
         params = info.get("parameters")
+        auroc = _mean_std(m, "auroc_mean") + ("*" if significant and r["cell_id"] == significant else "")
         table.add_row(
-            str(rank), r["dataset"], r["backbone"], r["head"], str(r["seed"]), status,
-            f"[bold]{_mean_std(m, 'auroc_mean')}[/]" if rank == 1 else _mean_std(m, "auroc_mean"), ci,
+            str(rank), *_axis_cells(r), status,
+            f"[bold]{auroc}[/]" if rank == 1 else auroc, ci,
             *[_mean_std(m, f"auroc/{c}") for c in classes],
             _fmt(info.get("train_images_per_s"), 1),
-            f"{params / 1e6:.1f}M" if isinstance(params, (int, float)) else "-",
-            r["cell_id"],
+            _fmt(info.get("inference_images_per_s"), 1),
+            _fmt_params(params),
+            escape(r["cell_id"]),
         )
     return table
+
+
+def _axis_cells(r: dict[str, Any]) -> list[str]:
+    """dataset, backbone, head, seed as table cells; labels like ``tiny[width=4]`` are not rich markup."""
+    return [escape(str(r[axis])) for axis in ("dataset", "backbone", "head", "seed")]
+
+
+def _fmt_params(params: Any) -> str:
+    if _missing(params):
+        return "-"
+    return f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
 
 
 def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table | None:
@@ -146,32 +265,52 @@ def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: 
         table.add_column(col, justify="right" if col in ("#", "seed") else "left")
     for _, label in LOCALIZATION_COLUMNS:
         table.add_column(label, justify="right")
-    table.add_column("cell", style="dim")
+    table.add_column("cell", **CELL_COLUMN)
     for rank, r in enumerate(rows, start=1):
         m = r["metrics"]
         if r.get("localizer_status") == "failed":
-            values = [f"[red]failed[/] {r.get('localizer_error') or ''}"[:60]] + [""] * (len(LOCALIZATION_COLUMNS) - 1)
+            error = escape((r.get("localizer_error") or "")[:50])
+            values = [f"[red]failed[/] {error}"] + [""] * (len(LOCALIZATION_COLUMNS) - 1)
         else:
             values = [_mean_std(m, key, 1 if key == "loc_ms_per_image" else 3) for key, _ in LOCALIZATION_COLUMNS]
-        table.add_row(str(rank), r["dataset"], r["backbone"], r["head"], str(r["seed"]), r["localizer"], *values,
-                      r["cell_id"])
+        table.add_row(str(rank), *_axis_cells(r), escape(str(r["localizer"])), *values, escape(r["cell_id"]))
     return table
 
 
 def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str | None,
-                  sort_key: str | None = None) -> None:
-    """Print the classification and localization leaderboards."""
+                  sort_key: str | None = None, sig: dict[str, Any] | None = None) -> None:
+    """Print the classification and localization leaderboards (and the top row's significance).
+
+    Args:
+        console: where to print.
+        records: leaderboard records.
+        grid: the grid's name for the titles (None: every grid).
+        sort_key: metric to sort by.
+        sig: the result of :func:`significance`, or None.
+
+    """
     name = grid or "all grids"
     if not records:
         console.print(f"No results for {name} yet.")
         return
-    console.print(classification_table(records, f"Classification leaderboard: {name}", sort_key))
+    best = sig["best"] if sig and sig["significant"] else None
+    console.print(classification_table(records, f"Classification leaderboard: {name}", sort_key, best))
     loc = localization_table(records, f"Localization leaderboard: {name}", sort_key)
     if loc is not None:
         console.print(loc)
+    if sig is not None:
+        console.print(significance_line(sig), highlight=False)
     failed = {r["cell_id"]: r for r in records if r["status"] != "ok"}
     for cid, r in failed.items():
-        console.print(f"[red]cell {cid} failed:[/] {r.get('error')}  (details: cxrbench show {cid})", highlight=False)
+        console.print(f"[red]cell {escape(cid)} failed:[/] {escape(str(r.get('error')))}  "
+                      f"(details: cxrbench show {escape(cid)})", highlight=False)
+
+
+def significance_line(sig: dict[str, Any]) -> str:
+    """One sentence (rich markup) saying whether the best cell beats the runner-up."""
+    verdict = "[green]significantly better[/] than" if sig["significant"] else "not significantly different from"
+    return (f"Top cell {sig['best']} is {verdict} {sig['next']}: mean AUROC {sig['diff']:+.4f} "
+            f"(95% CI {sig['low']:.4f} to {sig['high']:.4f}, paired bootstrap over patients, p = {sig['p']:.3g})")
 
 
 def export(records: Sequence[dict[str, Any]], fmt: str) -> str:
@@ -197,9 +336,11 @@ def markdown(frame: pd.DataFrame) -> str:
     columns = [c for c in ID_COLUMNS if c in frame.columns and c not in ("grid",)]
     columns += [k for k, _ in CLASSIFICATION_COLUMNS + LOCALIZATION_COLUMNS if k in frame.columns]
     columns += [c for c in frame.columns if c.startswith("auroc/")]
+    columns += [c for c in INFO_METRICS[:3] if c in frame.columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    digits = {"parameters": 0, "train_images_per_s": 1, "inference_images_per_s": 1, "loc_ms_per_image": 2}
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row[c], digits.get(c, 3)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +353,7 @@ def filter_records(records: Sequence[dict[str, Any]], filters: Sequence[str]) ->
     """Keep records matching every ``axis=value`` filter (values compared as text).
 
     Raises:
-        ValueError: on a malformed filter or an unknown axis.
+        ValueError: on a malformed filter, an unknown axis, or a value no record has.
 
     """
     wanted = []
@@ -222,6 +363,10 @@ def filter_records(records: Sequence[dict[str, Any]], filters: Sequence[str]) ->
         key, value = text.split("=", 1)
         if key not in AXES:
             raise ValueError(f"filter {text!r}: unknown axis {key!r} (axes: {', '.join(AXES)})")
+        known = {str(r.get(key)) for r in records}
+        if records and value not in known:  # a typo would otherwise print an empty leaderboard
+            raise ValueError(f"filter {text!r}: no record has {key} {value!r} "
+                             f"(values: {', '.join(sorted(known))})")
         wanted.append((key, value))
     return [r for r in records if all(str(r.get(k)) == v for k, v in wanted)]
 
@@ -231,11 +376,22 @@ def group_records(records: Sequence[dict[str, Any]], by: Sequence[str]) -> list[
 
     ``--group-by dataset,backbone,head,localizer`` averages over seeds; ``--group-by
     backbone`` compares backbones over everything else. Each grouped record's metrics
-    hold ``<metric>`` (mean), ``<metric>_std`` and ``n`` (records aggregated).
+    hold ``<metric>`` (mean), ``<metric>_std`` (sample std, ddof 1; NaN for one value) and
+    ``n`` (records aggregated); its ``info`` holds the mean speed and size columns.
+
+    A cell has one record per localizer, all carrying the same classification metrics: a
+    metric that is the same in every record of a cell counts once per cell, so grouping
+    over localizers does not repeat a cell's AUROC (which would shrink its std).
+
+    Raises:
+        ValueError: on an unknown axis.
+
     """
     for axis in by:
         if axis not in AXES[:5]:
             raise ValueError(f"--group-by {axis!r}: not an axis (axes: {', '.join(AXES[:5])})")
+    if not by:
+        raise ValueError("--group-by: name at least one axis (axes: " + ", ".join(AXES[:5]) + ")")
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         if r["status"] == "ok":
@@ -243,18 +399,33 @@ def group_records(records: Sequence[dict[str, Any]], by: Sequence[str]) -> list[
     out = []
     for key, rows in groups.items():
         frame = pd.DataFrame([r["metrics"] for r in rows]).apply(pd.to_numeric, errors="coerce")
+        cell_ids = pd.Series([r["cell_id"] for r in rows], index=frame.index)
+        info = pd.DataFrame([{k: (r.get("info") or {}).get(k) for k in INFO_METRICS} for r in rows],
+                            index=frame.index).apply(pd.to_numeric, errors="coerce")
         metrics: dict[str, Any] = {}
         for column in frame.columns:
-            values = frame[column].dropna()
+            values = _per_cell_or_per_record(frame[column], cell_ids).dropna()
             metrics[column] = float(values.mean()) if len(values) else math.nan
             metrics[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         metrics["n"] = len(rows)
+        # speed and size are properties of a cell, not of a localizer row: one value per cell
+        per_cell_info = info.groupby(cell_ids).first().mean()
         record = {axis: "*" for axis in ("dataset", "backbone", "head", "localizer", "seed")}
         record.update(dict(zip(by, key, strict=True)))
-        record.update({"cell_id": f"{len({r['cell_id'] for r in rows})} cells", "grid": rows[0]["grid"],
-                       "status": "ok", "metrics": metrics, "info": {}})
+        record.update({"cell_id": f"{cell_ids.nunique()} cells", "grid": rows[0]["grid"], "status": "ok",
+                       "metrics": metrics,
+                       "info": {k: float(v) for k, v in per_cell_info.items() if not math.isnan(v)}})
         out.append(record)
     return out
+
+
+def _per_cell_or_per_record(values: pd.Series, cell_ids: pd.Series) -> pd.Series:
+    """One value per cell when ``values`` is constant within each cell, else every record's."""
+    # NaN-aware "constant within the cell": the number of distinct values, NaN counted as one
+    distinct = values.groupby(cell_ids).nunique(dropna=False)
+    if (distinct <= 1).all():
+        return values.groupby(cell_ids).first()
+    return values
 
 
 def significance(records: Sequence[dict[str, Any]], results_root: Any, *, n_boot: int = 1000,
