@@ -52,7 +52,7 @@ class TrainSpec:
         step_size: epochs between decays for ``step``.
         step_gamma: decay factor for ``step``.
         loss: ``bce`` or ``weighted_bce`` (ChestX-ray8's W-CEL: positives weighted by
-            |N|/(|P|+|N|), negatives by |P|/(|P|+|N|), per class, from the training split).
+            (|P|+|N|)/|P|, negatives by (|P|+|N|)/|N|, counted over each batch's known labels).
         image_size: square model input size; None = the dataset's native size, else 224.
         flip: random horizontal flip (the seed project's augmentation; note it moves the
             heart to the other side).
@@ -144,7 +144,8 @@ class LocalizationSpec:
             ``threshold`` wins; None = each localizer's default, e.g. the seed's rule).
         tune: tune the threshold on the ``val`` boxes (never the test boxes) when the
             dataset has boxes for validation; the chosen values are stored with results.
-        hit_tolerance: pixels of slack for the pointing game (hit rate).
+        hit_tolerance: pixels of slack for the pointing game (hit rate), in model-input
+            pixels (the boxes are scaled to the model's input before scoring).
         max_images: score at most this many boxed images (None = all).
         save_overlays: PNG overlays saved per localizer for this many boxed images.
 
@@ -156,6 +157,16 @@ class LocalizationSpec:
     hit_tolerance: float = 0.0
     max_images: int | None = None
     save_overlays: int = 0
+
+    def validate(self) -> None:
+        if not self.split:
+            raise ValueError("split must name a dataset split, e.g. boxes")
+        if self.hit_tolerance < 0:
+            raise ValueError(f"hit_tolerance must be >= 0 pixels, got {self.hit_tolerance}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be at least 1 (or null for all), got {self.max_images}")
+        if self.save_overlays < 0:
+            raise ValueError(f"save_overlays must be >= 0, got {self.save_overlays}")
 
 
 @dataclasses.dataclass(frozen=True)

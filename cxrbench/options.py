@@ -145,7 +145,11 @@ def parse_options(options_cls: type, raw: Any, path: str, owner: str) -> Any:
         try:
             validate()
         except ValueError as exc:
-            raise ConfigError(path, f"{owner}: {exc}") from None
+            # "<option> must be ..." points at the option itself; the owner names the component
+            message = str(exc)
+            field = message.split(" ", 1)[0]
+            where = join_key(path, field) if field in fields else path
+            raise ConfigError(where, message if owner == path else f"{owner}: {message}") from None
     return instance
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -25,7 +27,7 @@ def test_valid_grid(toy_registry, tiny_grid_dict):
         (lambda g: g.update(trian={}), "trian: unknown key; did you mean 'train'?"),
         (lambda g: g["train"].update(epochs="3"), "train.epochs: expected an integer, got '3'"),
         (lambda g: g["train"].update(optimizer="adagrad"), "train.optimizer: expected one of"),
-        (lambda g: g["train"].update(epochs=0), "train: train: epochs must be at least 1"),
+        (lambda g: g["train"].update(epochs=0), "train.epochs: epochs must be at least 1"),
         (lambda g: g["datasets"][0]["options"].update(bogus=1), "datasets[0].options.bogus: unknown option"),
         (lambda g: g.update(heads=["avg", "avg"]), "heads[1]: duplicate of heads[0]"),
         (lambda g: g.update(exclude=[{"backbone": "resnet50"}]), "exclude[0].backbone: 'resnet50' is not in"),
@@ -82,3 +84,14 @@ def test_quickstart_grid_validates():
     grid = load_grid(Path(__file__).resolve().parents[1] / "grids" / "quickstart.yaml", registry)
     assert grid.name == "quickstart"
     assert yaml  # imported for safe_load elsewhere
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"hit_tolerance": -1}, "localization.hit_tolerance: hit_tolerance must be >= 0"),
+    ({"max_images": 0}, "localization.max_images: max_images must be at least 1"),
+    ({"save_overlays": -2}, "localization.save_overlays: save_overlays must be >= 0"),
+])
+def test_localization_block_is_validated(toy_registry, tiny_grid_dict, block, message):
+    tiny_grid_dict["localization"] = block
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_grid(tiny_grid_dict, toy_registry)

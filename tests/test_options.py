@@ -38,7 +38,7 @@ def test_defaults_and_types():
         ({"mode": "c"}, "p.mode: expected one of 'a' | 'b'"),
         ({"names": "x"}, "p.names: expected list of str | null"),
         ({"names": ["x", 2]}, "expected list of str | null"),
-        ({"size": 0}, "p: thing: size must be positive"),
+        ({"size": 0}, "p.size: thing: size must be positive"),
         ([1, 2], "p: options of thing must be a mapping"),
     ],
 )
