@@ -68,38 +68,45 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def class_balance_weights(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ChestX-ray8's W-CEL weights per class: (positive weight, negative weight).
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, *, balanced: bool = False) -> torch.Tensor:
+    """Binary cross-entropy over KNOWN labels (NaN targets are ignored), optionally W-CEL balanced.
 
-    beta_P = |N| / (|P| + |N|) and beta_N = |P| / (|P| + |N|), counted over known labels.
-    Multiplied by 2 so that a balanced class keeps unit weights.
-    """
-    known = ~np.isnan(labels)
-    pos = np.nansum(labels == 1, axis=0).astype(np.float64)
-    total = known.sum(axis=0).astype(np.float64)
-    neg = total - pos
-    total = np.maximum(total, 1)
-    return 2 * neg / total, 2 * pos / total
+    Plain (``balanced=False``): the mean of the per-label BCE over the known labels.
 
+    Balanced (``balanced=True``) is ChestX-ray8's W-CEL (Wang et al., CVPR 2017)::
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
-               neg_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean binary cross-entropy over KNOWN labels (NaN targets are ignored).
+        L = beta_P * sum_{y=1} -ln p + beta_N * sum_{y=0} -ln(1 - p),
+        beta_P = (|P| + |N|) / |P|,  beta_N = (|P| + |N|) / |N|,
+
+    where |P| and |N| count the 1s and 0s among the known labels of THIS batch (all classes
+    together). The sum is divided by |P| + |N| so the loss scale does not grow with the
+    batch; it then equals (mean loss over positives) + (mean loss over negatives). A batch
+    without positives (or negatives) has an empty sum on that side, which contributes 0.
 
     Args:
         logits: ``N x K``.
         targets: ``N x K`` with 1, 0 or NaN.
-        pos_weight: optional ``K`` weights of positive labels (weighted BCE).
-        neg_weight: optional ``K`` weights of negative labels.
+        balanced: apply the W-CEL positive/negative balancing.
+
+    Returns:
+        A scalar float32 tensor (no host synchronisation).
 
     """
     known = ~torch.isnan(targets)
-    filled = torch.where(known, targets, torch.zeros_like(targets))
-    weight = known.to(logits.dtype)
-    if pos_weight is not None and neg_weight is not None:
-        weight = weight * torch.where(filled > 0.5, pos_weight, neg_weight)
-    losses = F.binary_cross_entropy_with_logits(logits.float(), filled.float(), reduction="none")
-    return (losses * weight).sum() / known.sum().clamp(min=1)
+    filled = torch.where(known, targets, torch.zeros_like(targets)).float()
+    losses = F.binary_cross_entropy_with_logits(logits.float(), filled, reduction="none")
+    # ``where`` rather than a 0/1 multiply: a non-finite logit at an ignored label must not leak in (inf * 0 = NaN).
+    losses = torch.where(known, losses, torch.zeros_like(losses))
+    n_known = known.sum()
+    if not balanced:
+        return losses.sum() / n_known.clamp(min=1)
+    positive = known & (filled > 0.5)
+    n_pos = positive.sum()
+    n_neg = n_known - n_pos
+    beta_p = n_known / n_pos.clamp(min=1)
+    beta_n = n_known / n_neg.clamp(min=1)
+    weight = torch.where(positive, beta_p, beta_n)  # ignored labels already contribute 0
+    return (losses * weight).sum() / n_known.clamp(min=1)
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -210,16 +217,14 @@ def train_model(
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    pos_w = neg_w = None
-    if spec.loss == "weighted_bce":
-        pw, nw = class_balance_weights(np.asarray(train_data.split.labels, dtype=np.float64))
-        pos_w = torch.as_tensor(pw, dtype=torch.float32, device=device)
-        neg_w = torch.as_tensor(nw, dtype=torch.float32, device=device)
+    balanced = spec.loss == "weighted_bce"
     augment = Augment(spec.flip, spec.affine_degrees, spec.affine_scale, spec.affine_translate,
                       spec.brightness, spec.contrast)
     loader = BatchLoader(train_data, spec.batch_size, device, shuffle=True, seed=seed, augment=augment,
                          channels_last=channels_last, drop_last=True, max_batches=spec.max_steps_per_epoch)
     eval_batch = spec.eval_batch_size or 2 * spec.batch_size
+    selecting = bool(spec.select_best and val_data is not None and len(val_data))
+    val_labels = np.asarray(val_data.split.labels, dtype=np.float32) if selecting else None
 
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -249,7 +254,7 @@ def train_model(
         for step, (x, y, _rows) in enumerate(loader, start=1):
             with autocast(device, dtype):
                 logits = model(x)
-            loss = masked_bce(logits, y, pos_w, neg_w)
+            loss = masked_bce(logits, y, balanced=balanced)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -269,15 +274,23 @@ def train_model(
                                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if scheduler is not None:
             scheduler.step()
-        score = -record["loss"]
-        if val_data is not None and len(val_data) and spec.select_best:
+        score = math.nan
+        if selecting:
             scores = predict(model, val_data, eval_batch, device, dtype=dtype, channels_last=channels_last)
-            record["val_auroc_mean"] = mean_auroc(np.asarray(val_data.split.labels), scores)
-            score = record["val_auroc_mean"] if math.isfinite(record["val_auroc_mean"]) else score
+            score = record["val_auroc_mean"] = mean_auroc(val_labels, scores)
         history.append(record)
-        if not spec.select_best or score > best_score:
+        # Without a validation AUROC to judge by (no val split, select_best off, or no class
+        # with both labels in val) the latest epoch is kept. A NaN score never beats a real
+        # one; comparing against the training loss instead would mix two scales.
+        if math.isfinite(score):
+            improved = score > best_score or not math.isfinite(best_score)
+        else:
+            improved = not math.isfinite(best_score)
+        if improved:
             best_score, best_epoch, stale = score, epoch, 0
-            best_state = _state_copy(model)
+            # A copy of the weights (a whole state dict) is only needed when a later epoch
+            # may be worse; when the last epoch is kept the model already holds it.
+            best_state = _state_copy(model) if selecting else None
         else:
             stale += 1
         if last_path is not None:
