@@ -5,7 +5,7 @@ Pure numpy / OpenCV functions; no torch.
 Boxes are ``x, y, w, h`` float arrays (``M x 4``) in pixels, in continuous coordinates: a
 box covers ``[x, x + w) x [y, y + h)`` and its area is ``w * h``. A connected region of
 pixels with columns ``c0..c1`` gives ``x = c0, w = c1 - c0 + 1`` (OpenCV's bounding
-rectangle). Heatmap peaks are pixel centres, ``(col + 0.5, row + 0.5)``.
+rectangle). Heatmap peaks are pixel centres, ``(col + 0.5, row + 0.5)`` (the centroid of a plateau).
 """
 
 from __future__ import annotations
@@ -283,11 +283,26 @@ def heatmap_to_boxes(heatmap: np.ndarray, policy: ThresholdPolicy | None = None)
 
 
 def heatmap_peaks(maps: np.ndarray) -> np.ndarray:
-    """``N x 2`` (x, y) pixel centre of each map's maximum (the first one on ties)."""
+    """``N x 2`` (x, y) peak of each map: the centroid of the pixel centres at its maximum.
+
+    A CAM upsampled from a coarse feature map (3 x 3 at 96 px) has flat plateaus, and those
+    of border cells reach the image edge; taking the first maximal pixel would put the peak
+    in a corner and fail the pointing game for a map that points at the right cell.
+    """
     maps = _as_maps(maps)
     n, h, w = maps.shape
-    flat = np.argmax(maps.reshape(n, -1), axis=1) if n and h * w else np.zeros(n, np.int64)
-    return np.stack([flat % max(w, 1) + 0.5, flat // max(w, 1) + 0.5], axis=1).astype(np.float64)
+    if not (n and h * w):
+        return np.zeros((n, 2), np.float64)
+    flat = maps.reshape(n, -1).astype(np.float64)
+    top = flat.max(axis=1, keepdims=True)
+    at_max = flat >= top - PEAK_TOLERANCE * np.maximum(np.abs(top), 1.0)
+    count = at_max.sum(axis=1)
+    cols = np.arange(h * w) % w + 0.5
+    rows = np.arange(h * w) // w + 0.5
+    return np.stack([(at_max * cols).sum(axis=1) / count, (at_max * rows).sum(axis=1) / count], axis=1)
+
+
+PEAK_TOLERANCE = 1e-6  # relative: float32 interpolation may differ in the last bits across a plateau
 
 
 # --------------------------------------------------------------------------- overlaps

@@ -24,7 +24,9 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 
 KIND_OF_LIST = {"datasets": "dataset", "backbones": "backbone", "heads": "head", "localizers": "localizer",
                 "executors": "executor"}
 
-console = Console()
+# Logs and pipes get wide lines rather than rich's 80-column default, which would fold the
+# leaderboards into unreadable slivers; COLUMNS still wins when set.
+console = Console(width=None if Console().is_terminal or os.environ.get("COLUMNS") else 200)
 err_console = Console(stderr=True)
 
 

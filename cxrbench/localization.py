@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boxes import LocalizationPair, ThresholdPolicy, heatmaps_to_boxes, localization_metrics, tune_policy
+from .boxes import (
+    LocalizationPair,
+    ThresholdPolicy,
+    heatmap_peaks,
+    heatmaps_to_boxes,
+    localization_metrics,
+    tune_policy,
+)
 from .data import BatchLoader, PreparedSplit
 from .interfaces import Localizer
 from .model import Classifier
@@ -95,10 +102,8 @@ def compute_maps(
                 torch.cuda.synchronize(device)
             elapsed += time.perf_counter() - t0
             selected = maps[local_n, local_k].float()  # pairs x S x S, still on the device
-            flat_peak = selected.flatten(1).argmax(dim=1)
-            peak_xy = torch.stack([flat_peak % size, flat_peak // size], dim=1)
             maps_out[pair_idx] = selected.cpu().numpy()
-            peaks[pair_idx] = peak_xy.cpu().numpy() + 0.5  # pixel centre
+            peaks[pair_idx] = heatmap_peaks(maps_out[pair_idx])
     finally:
         model.train(was_training)
     ms = 1000.0 * elapsed / max(len(image_rows), 1)

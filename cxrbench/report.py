@@ -195,7 +195,7 @@ CELL_COLUMN: dict[str, Any] = {"style": "dim", "min_width": 12, "no_wrap": True}
 
 
 def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None,
-                         significant: str | None = None) -> Table:
+                         significant: str | None = None, per_class: bool = True) -> Table:
     """One row per cell: mean AUROC with CI, the per-class AUROCs, speed and size.
 
     Args:
@@ -204,17 +204,16 @@ def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key
         sort_key: metric to sort by (default ``auroc_mean``).
         significant: cell id of the best cell when the paired bootstrap found it
             significantly better than the runner-up; its AUROC gets a ``*``.
+        per_class: include a column per class (else see :func:`per_class_table`).
 
     """
-    cells: dict[tuple, dict[str, Any]] = {}
-    for r in records:
-        cells.setdefault(_row_key(r), r)
-    rows = sort_records(list(cells.values()), sort_key or "auroc_mean")
-    classes = _class_names(rows)
-    table = Table(title=title, title_justify="left", header_style="bold")
+    rows = _cell_rows(records, sort_key)
+    axes = _varying_axes(rows)
+    classes = _class_names(rows) if per_class else []
+    table = Table(title=title + _shared_axes_note(rows, axes), title_justify="left", header_style="bold")
     if significant:
         table.caption = "* significantly better than the runner-up (paired bootstrap over the same test images)"
-    for col in ("#", "dataset", "backbone", "head", "seed", "status", "AUROC"):
+    for col in ("#", *axes, "status", "AUROC"):
         table.add_column(col, justify="right" if col in ("#", "seed", "AUROC") else "left")
     table.add_column("95% CI", min_width=11)
     for name in classes:
@@ -232,7 +231,7 @@ def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key
         params = info.get("parameters")
         auroc = _mean_std(m, "auroc_mean") + ("*" if significant and r["cell_id"] == significant else "")
         table.add_row(
-            str(rank), *_axis_cells(r), status,
+            str(rank), *_axis_cells(r, axes), status,
             f"[bold]{auroc}[/]" if rank == 1 else auroc, ci,
             *[_mean_std(m, f"auroc/{c}") for c in classes],
             _fmt(info.get("train_images_per_s"), 1),
@@ -243,9 +242,50 @@ def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key
     return table
 
 
-def _axis_cells(r: dict[str, Any]) -> list[str]:
-    """dataset, backbone, head, seed as table cells; labels like ``tiny[width=4]`` are not rich markup."""
-    return [escape(str(r[axis])) for axis in ("dataset", "backbone", "head", "seed")]
+def per_class_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table:
+    """Per-class AUROC, one row per cell in leaderboard order (for when they do not fit beside the rest)."""
+    rows = _cell_rows(records, sort_key)
+    axes = _varying_axes(rows)
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("#", *axes):
+        table.add_column(col, justify="right" if col in ("#", "seed") else "left")
+    classes = _class_names(rows)
+    for name in classes:
+        table.add_column(name[:12], justify="right")
+    for rank, r in enumerate(rows, start=1):
+        table.add_row(str(rank), *_axis_cells(r, axes), *[_mean_std(r["metrics"], f"auroc/{c}") for c in classes])
+    return table
+
+
+def _cell_rows(records: Sequence[dict[str, Any]], sort_key: str | None) -> list[dict[str, Any]]:
+    """One record per leaderboard row (a cell, or a group), sorted."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        cells.setdefault(_row_key(r), r)
+    return sort_records(list(cells.values()), sort_key or "auroc_mean")
+
+
+TABLE_AXES = ("dataset", "backbone", "head", "seed")
+
+
+def _varying_axes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The axes worth a column: backbone and head always, dataset and seed only when they differ.
+
+    A dataset label carries its options and is long; repeating one value on every row only
+    pushes the metrics off a narrow terminal, so a shared value goes into the title instead.
+    """
+    return [a for a in TABLE_AXES if a in ("backbone", "head") or len({str(r.get(a)) for r in rows}) > 1]
+
+
+def _shared_axes_note(rows: Sequence[dict[str, Any]], shown: Sequence[str]) -> str:
+    """`` (dataset X, seed 0)`` for the axes left out of the columns because every row shares them."""
+    parts = [f"{axis} {escape(str(rows[0].get(axis)))}" for axis in TABLE_AXES if axis not in shown and rows]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _axis_cells(r: dict[str, Any], axes: Sequence[str] = TABLE_AXES) -> list[str]:
+    """The row's axis values as table cells; labels like ``tiny[width=4]`` are not rich markup."""
+    return [escape(str(r[axis])) for axis in axes]
 
 
 def _fmt_params(params: Any) -> str:
@@ -260,8 +300,9 @@ def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: 
     if not rows:
         return None
     rows = sort_records(rows, sort_key if sort_key and not sort_key.startswith("auroc") else "iou_mean")
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for col in ("#", "dataset", "backbone", "head", "seed", "localizer"):
+    axes = _varying_axes(rows)
+    table = Table(title=title + _shared_axes_note(rows, axes), title_justify="left", header_style="bold")
+    for col in ("#", *axes, "localizer"):
         table.add_column(col, justify="right" if col in ("#", "seed") else "left")
     for _, label in LOCALIZATION_COLUMNS:
         table.add_column(label, justify="right")
@@ -273,7 +314,7 @@ def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: 
             values = [f"[red]failed[/] {error}"] + [""] * (len(LOCALIZATION_COLUMNS) - 1)
         else:
             values = [_mean_std(m, key, 1 if key == "loc_ms_per_image" else 3) for key, _ in LOCALIZATION_COLUMNS]
-        table.add_row(str(rank), *_axis_cells(r), escape(str(r["localizer"])), *values, escape(r["cell_id"]))
+        table.add_row(str(rank), *_axis_cells(r, axes), escape(str(r["localizer"])), *values, escape(r["cell_id"]))
     return table
 
 
@@ -294,7 +335,14 @@ def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str
         console.print(f"No results for {name} yet.")
         return
     best = sig["best"] if sig and sig["significant"] else None
-    console.print(classification_table(records, f"Classification leaderboard: {name}", sort_key, best))
+    title = f"Classification leaderboard: {name}"
+    table = classification_table(records, title, sort_key, best)
+    if console.measure(table).maximum > console.width:
+        # many classes (nih14) or a narrow terminal: the per-class AUROCs get their own table
+        console.print(classification_table(records, title, sort_key, best, per_class=False))
+        console.print(per_class_table(records, f"Per-class AUROC: {name}", sort_key))
+    else:
+        console.print(table)
     loc = localization_table(records, f"Localization leaderboard: {name}", sort_key)
     if loc is not None:
         console.print(loc)

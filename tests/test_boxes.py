@@ -177,6 +177,18 @@ def test_heatmap_peaks_are_pixel_centres():
     np.testing.assert_array_equal(heatmap_peaks(maps), [[6.5, 3.5], [2.5, 0.5]])
 
 
+def test_heatmap_peak_of_an_upsampled_coarse_map_is_its_plateau_centroid():
+    import torch
+
+    coarse = torch.zeros(1, 1, 3, 3)
+    coarse[0, 0, 0, 0] = 1.0  # the top-left cell of a 3 x 3 CAM
+    fine = torch.nn.functional.interpolate(coarse, size=(96, 96), mode="bilinear", align_corners=False)
+    (x, y), = heatmap_peaks(fine[0].numpy())
+    # the plateau spans pixels 0..15 (clamped interpolation): its centroid, not the corner pixel
+    assert x == y == pytest.approx(8.0)
+    assert heatmap_peaks(np.zeros((1, 4, 6))).tolist() == [[3.0, 2.0]]  # flat map: its centre
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -344,6 +356,6 @@ def test_build_pairs():
     pairs = build_pairs(maps, true, cls, ThresholdPolicy(factor=10.0))
     assert [p.class_index for p in pairs] == [0, 1]
     np.testing.assert_array_equal(pairs[0].pred_boxes, [[15, 15, 10, 10]])
-    assert pairs[0].peak_xy == (15.5, 15.5)
+    assert pairs[0].peak_xy == (20.0, 20.0)  # the centre of the 10 x 10 plateau at the maximum
     with pytest.raises(ValueError, match="heatmaps"):
         build_pairs(maps, true[:1], cls)
