@@ -220,6 +220,9 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
 @click.option("--group-by", "group_by", default=None, metavar="AXES",
               help="Aggregate (mean +/- std) over every axis NOT listed, e.g. 'dataset,backbone,head,localizer' "
                    "averages over seeds; 'backbone' compares backbones over everything else.")
+@click.option("--over", "over", default=None, metavar="AXES",
+              help="The complement of --group-by: aggregate (mean +/- std) over the listed axes only, e.g. "
+                   "'--over seed' averages each configuration's seeds.")
 @click.option("--sort", "sort_key", default=None, metavar="METRIC",
               help="Sort by this metric, best first (default: auroc_mean; iou_mean for localization).")
 @click.option("--filter", "filters", multiple=True, metavar="AXIS=VALUE",
@@ -228,7 +231,8 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
 @click.option("--significance/--no-significance", default=True, show_default=True,
               help="Paired bootstrap: is the best cell significantly better than the runner-up? (table format)")
 def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, group_by: str | None,
-                sort_key: str | None, filters: tuple[str, ...], top: int | None, significance: bool) -> None:
+                over: str | None, sort_key: str | None, filters: tuple[str, ...], top: int | None,
+                significance: bool) -> None:
     """Show the leaderboards of a results directory.
 
     Classification: mean AUROC with its 95% CI, per-class AUROC, speed and size per
@@ -248,6 +252,10 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         records = store.records(grid_name)
     try:
         records = report.filter_records(records, filters)
+        if over:
+            if group_by:
+                raise ValueError("--over and --group-by say the same thing two ways: give one of them")
+            group_by = ",".join(report.axes_except([a.strip() for a in over.split(",") if a.strip()]))
         if group_by:
             records = report.group_records(records, [a.strip() for a in group_by.split(",") if a.strip()])
         if sort_key:

@@ -419,6 +419,23 @@ def filter_records(records: Sequence[dict[str, Any]], filters: Sequence[str]) ->
     return [r for r in records if all(str(r.get(k)) == v for k, v in wanted)]
 
 
+def axes_except(over: Sequence[str]) -> list[str]:
+    """The grouping axes that aggregate over ``over`` (``--over seed`` = group by everything else).
+
+    Raises:
+        ValueError: on an unknown axis, or when nothing would be left to group by.
+
+    """
+    axes = AXES[:5]
+    for axis in over:
+        if axis not in axes:
+            raise ValueError(f"--over {axis!r}: not an axis (axes: {', '.join(axes)})")
+    rest = [a for a in axes if a not in over]
+    if not over or not rest:
+        raise ValueError("--over: name one to four of the axes " + ", ".join(axes))
+    return rest
+
+
 def group_records(records: Sequence[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
     """Aggregate ok records over every axis NOT in ``by``: each metric's mean and std.
 

@@ -203,6 +203,15 @@ def test_group_over_seeds_matches_pandas(run_cli, results, records):
         assert g["info"]["parameters"] > 0 and g["info"]["train_images_per_s"] > 0
 
 
+def test_over_seed_is_group_by_every_other_axis(run_cli, results):
+    over = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "json", "--over", "seed")
+    assert json.loads(over.output) == _grouped(run_cli, results, "dataset,backbone,head,localizer")
+    both = run_cli("leaderboard", "--results", results, "--over", "seed", "--group-by", "head")
+    assert both.exit_code == 4 and "give one of them" in both.output
+    bad = run_cli("leaderboard", "--results", results, "--over", "sede")
+    assert bad.exit_code == 4 and "not an axis" in bad.output
+
+
 def test_group_by_seed_counts_each_cell_once_for_classification(run_cli, results, records):
     grouped = _grouped(run_cli, results, "seed")
     assert sorted(g["seed"] for g in grouped) == [0, 1]
