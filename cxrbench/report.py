@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 ID_COLUMNS = ["cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status"]
@@ -337,7 +338,9 @@ def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str
     best = sig["best"] if sig and sig["significant"] else None
     title = f"Classification leaderboard: {name}"
     table = classification_table(records, title, sort_key, best)
-    if console.measure(table).maximum > console.width:
+    # measured against unlimited width: console.measure() clamps to the terminal and never says "too wide"
+    natural = Measurement.get(console, console.options.update_width(1_000_000), table).maximum
+    if natural > console.width:
         # many classes (nih14) or a narrow terminal: the per-class AUROCs get their own table
         console.print(classification_table(records, title, sort_key, best, per_class=False))
         console.print(per_class_table(records, f"Per-class AUROC: {name}", sort_key))

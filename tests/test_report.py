@@ -229,6 +229,21 @@ def test_group_by_seed_counts_each_cell_once_for_classification(run_cli, results
         assert g["metrics"]["iou_mean_std"] == pytest.approx(iou.std(ddof=1))
 
 
+def test_narrow_console_moves_per_class_auroc_to_its_own_table(records):
+    from cxrbench import report
+
+    def render(width):
+        console = Console(width=width, color_system=None, record=True)
+        report.render_tables(console, records, "tiny")
+        return console.export_text()
+
+    wide, narrow = render(400), render(70)
+    assert "Per-class AUROC" not in wide and "Blob" in wide
+    assert "Per-class AUROC: tiny" in narrow and "Blob" in narrow
+    # every shared axis (one dataset) is named once in the title instead of on every row
+    assert "Classification leaderboard: tiny (dataset toy" in wide.replace("\n", " ")
+
+
 def test_grouped_table_shows_mean_plus_minus_std(run_cli, results, records):
     out = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--group-by", "head").output
     auroc = _frame(records).drop_duplicates("cell_id").groupby("head")["auroc_mean"]
