@@ -9,6 +9,7 @@ starts with the YAML path (``backbones[1]: unknown backbone 'densnet121'; ...``)
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -67,7 +68,8 @@ class TrainSpec:
         channels_last: channels-last memory format; None = on when on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         eval_batch_size: batch size for prediction and localization (None = 2 x batch_size).
-        num_workers: decoding threads when images come from files (no prepared cache).
+        num_workers: decoding threads when images come from files (no prepared cache);
+            None = the CPU count, at most 8. Speed only: not part of a cell's id.
         max_steps_per_epoch: cap on steps per epoch (None = the whole split); for smoke tests.
 
     """
@@ -94,7 +96,7 @@ class TrainSpec:
     channels_last: bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int | None = None
-    num_workers: int = 2
+    num_workers: int | None = None
     max_steps_per_epoch: int | None = None
 
     def validate(self) -> None:
@@ -102,12 +104,34 @@ class TrainSpec:
             raise ValueError("epochs must be at least 1")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if not self.lr > 0:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError("lr must be positive")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.step_size < 1:
+            raise ValueError(f"step_size must be at least 1 epoch, got {self.step_size}")
+        if not self.step_gamma > 0:
+            raise ValueError(f"step_gamma must be positive, got {self.step_gamma}")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError("image_size must be at least 16")
+        # Negative magnitudes would be mirrored silently; the upper bounds keep the affine scale
+        # and the contrast factor (1 -/+ the value) positive and translations on the image.
+        for name in ("affine_degrees", "brightness"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.affine_scale < 1:
+            raise ValueError(f"affine_scale must be in [0, 1), got {self.affine_scale}")
+        for name in ("affine_translate", "contrast"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError("early_stopping must be a positive number of epochs or null")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be at least 1 (or null), got {self.eval_batch_size}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be at least 1 (or null), got {self.max_steps_per_epoch}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +154,8 @@ class EvaluationSpec:
     def validate(self) -> None:
         if self.bootstrap < 0:
             raise ValueError("bootstrap must be >= 0")
+        if self.bootstrap_seed < 0:
+            raise ValueError(f"bootstrap_seed must be >= 0, got {self.bootstrap_seed}")
         if not 0 < self.ci < 1:
             raise ValueError("ci must be between 0 and 1")
 

@@ -58,6 +58,9 @@ def localizer_key(spec: ComponentSpec, default_threshold: dict | None) -> str:
     return stable_digest({"localizer": spec.key(), "threshold": spec.threshold or default_threshold}, 10)
 
 
+SPEED_ONLY_TRAIN_KEYS = frozenset({"num_workers"})
+
+
 def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec, head: ComponentSpec, seed: int,
                 data_fingerprint: str) -> dict[str, Any]:
     """The resolved configuration that defines a cell (and so its id)."""
@@ -67,7 +70,8 @@ def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec,
         "backbone": backbone.key(),
         "head": head.key(),
         "seed": seed,
-        "train": options_to_dict(grid.train),
+        # decoding threads change speed, never results: a new value must not retrain finished cells
+        "train": {k: v for k, v in options_to_dict(grid.train).items() if k not in SPEED_ONLY_TRAIN_KEYS},
         "evaluation": options_to_dict(grid.evaluation),
     }
 

@@ -125,7 +125,19 @@ class PluginManager(pluggy.PluginManager):
             info = self.infos.get(plugin_name)
             where = f" from {info.distribution}" if info else ""
             message = str(exc).splitlines()[0]
-            raise PluginError(f"plugin '{plugin_name}'{where}: {message}") from None
+            raise PluginError(f"plugin '{plugin_name}'{where}: {message}{self._hook_hint(message)}") from None
+
+    def _hook_hint(self, message: str) -> str:
+        """``"; did you mean 'cxrbench_...'?"`` for pluggy's "unknown hook 'NAME' ..." message."""
+        import difflib
+        import re
+
+        unknown = re.search(r"unknown hook '([^']+)'", message)
+        if unknown is None:
+            return ""
+        specs = [name for name in vars(self.hook) if not name.startswith("_") and getattr(self.hook, name).has_spec()]
+        close = difflib.get_close_matches(unknown.group(1), specs, n=1, cutoff=0.6)
+        return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _trace_writer(message: str) -> None:

@@ -133,7 +133,8 @@ def run_cell_core(task: CellTask) -> CellResult:
 
     def load(name: str):
         _report(f"load {name}", 0, 1)
-        return load_split(dataset, name, size, cache_root=Path(task.cache_root) if task.cache_root else None)
+        return load_split(dataset, name, size, cache_root=Path(task.cache_root) if task.cache_root else None,
+                          workers=spec.num_workers)
 
     model = build_model(cell.backbone, cell.head, classes).to(device)
     info["parameters"] = int(sum(p.numel() for p in model.parameters()))

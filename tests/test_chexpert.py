@@ -297,3 +297,40 @@ def test_real_chexpert_labels_follow_the_seed_policy(real_chexpert):
                     expected = float(raw) if raw else 0.0
                 assert value == expected, (path, finding, raw)
     assert seen_uncertain
+
+
+@pytest.mark.realdata
+def test_real_chexpert_missing_count_is_the_listed_frontal_images_not_present(real_chexpert):
+    _, _, warnings, _ = real_chexpert
+    listed = 0
+    for table in ("train.csv", "valid.csv"):
+        with open(DATA / "chexpert" / RELEASE / table, newline="") as f:
+            listed += sum(r["Frontal/Lateral"] == "Frontal" for r in csv.DictReader(f))
+    assert warnings == [
+        f"chexpert: {listed - 17:,} of {listed:,} listed frontal images are missing under "
+        f"{(DATA / 'chexpert' / RELEASE).resolve()} (partial download?); using the 17 present"
+    ]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("policy", ["ignore", "zeros", "ones", {"Atelectasis": "ones", "Edema": "zeros"}],
+                         ids=["ignore", "zeros", "ones", "per-class"])
+def test_real_chexpert_rows_under_each_uncertain_policy(real_chexpert, policy):
+    dataset = CheXpert(CheXpert.Options(root=str(DATA / "chexpert"), uncertain=policy), DatasetContext())
+    with open(DATA / "chexpert" / RELEASE / "train.csv", newline="") as f:
+        table = {r["Path"]: r for r in csv.DictReader(f)}
+    per_class = policy if isinstance(policy, dict) else dict.fromkeys(dataset.classes, policy)
+    uncertain_to = {"ignore": math.nan, "zeros": 0.0, "ones": 1.0}
+    seen_uncertain = 0
+    for name in ("train", "val"):
+        split = dataset.split(name)
+        for path, labels in zip(split.ids, split.labels.tolist(), strict=True):
+            for finding, value in zip(dataset.classes, labels, strict=True):
+                raw = table[path][finding]
+                if raw == "-1.0":
+                    seen_uncertain += 1
+                    expected = uncertain_to[per_class.get(finding, "ignore")]
+                else:
+                    expected = float(raw) if raw else 0.0  # blank = 0 under every policy
+                assert value == expected or (math.isnan(expected) and math.isnan(value)), (path, finding, raw)
+    assert seen_uncertain

@@ -28,6 +28,19 @@ def test_valid_grid(toy_registry, tiny_grid_dict):
         (lambda g: g["train"].update(epochs="3"), "train.epochs: expected an integer, got '3'"),
         (lambda g: g["train"].update(optimizer="adagrad"), "train.optimizer: expected one of"),
         (lambda g: g["train"].update(epochs=0), "train.epochs: epochs must be at least 1"),
+        (lambda g: g["train"].update(lr=float("inf")), "train.lr: lr must be positive"),
+        (lambda g: g["train"].update(weight_decay=-0.1), "train.weight_decay: weight_decay must be >= 0"),
+        (lambda g: g["train"].update(schedule="step", step_size=0), "train.step_size: step_size must be at least 1"),
+        (lambda g: g["train"].update(step_gamma=0), "train.step_gamma: step_gamma must be positive"),
+        (lambda g: g["train"].update(affine_degrees=-5), "train.affine_degrees: affine_degrees must be 0 or more"),
+        (lambda g: g["train"].update(affine_scale=1), "train.affine_scale: affine_scale must be in [0, 1)"),
+        (lambda g: g["train"].update(affine_translate=-0.1), "train.affine_translate: affine_translate must be in"),
+        (lambda g: g["train"].update(brightness=-0.2), "train.brightness: brightness must be 0 or more"),
+        (lambda g: g["train"].update(contrast=1.5), "train.contrast: contrast must be in [0, 1]"),
+        (lambda g: g["train"].update(eval_batch_size=0), "train.eval_batch_size: eval_batch_size must be at least 1"),
+        (lambda g: g["train"].update(num_workers=0), "train.num_workers: num_workers must be at least 1"),
+        (lambda g: g["train"].update(max_steps_per_epoch=0), "train.max_steps_per_epoch: max_steps_per_epoch must"),
+        (lambda g: g.update(evaluation={"bootstrap_seed": -1}), "evaluation.bootstrap_seed: bootstrap_seed must be"),
         (lambda g: g["datasets"][0]["options"].update(bogus=1), "datasets[0].options.bogus: unknown option"),
         (lambda g: g.update(heads=["avg", "avg"]), "heads[1]: duplicate of heads[0]"),
         (lambda g: g.update(exclude=[{"backbone": "resnet50"}]), "exclude[0].backbone: 'resnet50' is not in"),
@@ -95,3 +108,23 @@ def test_localization_block_is_validated(toy_registry, tiny_grid_dict, block, me
     tiny_grid_dict["localization"] = block
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_grid(tiny_grid_dict, toy_registry)
+
+
+def test_readme_grid_reference_and_pcam_recipe_validate():
+    """The README's grid reference (and its PCAM recipe dropped into it) are grids that validate."""
+    from pathlib import Path
+
+    from cxrbench.grid import expand
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+
+    registry = Registry.from_plugin_manager(build_plugin_manager())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)]
+    reference = next(b for b in blocks if "datasets" in b)
+    grid = parse_grid(reference, registry)
+    assert len(expand(grid, lambda spec: "")) == 15  # 1 x 2 x 3 x 3 seeds, minus densenet121 + max
+    recipe = next(b for b in blocks if b.get("heads") == ["pcam"])
+    grid = parse_grid({**reference, **recipe, "exclude": []}, registry)
+    assert [(s.name, s.cls.YIELDS_LOGIT_MAP) for s in grid.heads] == [("pcam", True)]
+    assert [s.name for s in grid.backbones] == ["densenet121"]

@@ -23,6 +23,9 @@ def test_ids_are_stable_and_content_derived(toy_registry, tiny_grid_dict):
     changed = dict(tiny_grid_dict, train={"epochs": 3, "batch_size": 16, "lr": 0.01})
     assert expand(parse_grid(changed, toy_registry), lambda s: "fp")[0].cell_id != a[0].cell_id
     assert expand(parse_grid(tiny_grid_dict, toy_registry), lambda s: "fp2")[0].cell_id != a[0].cell_id
+    # decoding threads are speed only: finished cells stay finished when they change
+    threads = dict(tiny_grid_dict, train={**tiny_grid_dict["train"], "num_workers": 7})
+    assert [c.cell_id for c in expand(parse_grid(threads, toy_registry), lambda s: "fp")] == [c.cell_id for c in a]
 
 
 def test_localizer_key_depends_on_threshold(toy_registry, tiny_grid_dict):

@@ -83,8 +83,11 @@ def test_misspelt_hook_fails_at_startup(plugin_dir, monkeypatch):
     '''))
     eps = [make_entry_point("typo", "broken_plugin_hook", dist="cxrbench-typo")]
     monkeypatch.setattr("cxrbench.manager._entry_points", lambda: eps)
-    with pytest.raises(PluginError, match="cxrbench_register_backbone"):
+    with pytest.raises(PluginError) as info:
         build_plugin_manager()
+    msg = str(info.value)
+    assert msg.startswith("plugin 'typo' from cxrbench-typo: unknown hook 'cxrbench_register_backbone'")
+    assert msg.endswith("; did you mean 'cxrbench_register_backbones'?") and "\n" not in msg
 
 
 def test_builtins_are_entry_points():
@@ -103,3 +106,30 @@ def test_core_never_imports_builtin_plugins():
         for plugin in ("cxrbench_phantom", "cxrbench_timm", "cxrbench_heads", "cxrbench_cam", "cxrbench_nih",
                        "cxrbench_chexpert", "cxrbench_executors", "cxrbench_ray"):
             assert f"import {plugin}" not in text and f"from {plugin}" not in text, (path.name, plugin)
+
+
+@pytest.mark.parametrize("module, text, expected", [
+    ("broken_plugin_cli", "import does_not_exist_anywhere\n",
+     "error: Error importing plugin 'broken' from cxrbench-broken: ModuleNotFoundError: "
+     "No module named 'does_not_exist_anywhere'"),
+    ("broken_plugin_cli_hook", "import cxrbench\n\n@cxrbench.hookimpl\ndef cxrbench_register_head():\n    return []\n",
+     "error: plugin 'broken' from cxrbench-broken: unknown hook 'cxrbench_register_head'"),
+    ("broken_plugin_cli_other", "import cxrbench\n\n@cxrbench.hookimpl\ndef unrelated_name():\n    pass\n",
+     "error: plugin 'broken' from cxrbench-broken: unknown hook 'unrelated_name'"),
+])
+def test_cli_exits_4_with_one_line_naming_plugin_and_distribution(plugin_dir, monkeypatch, module, text, expected):
+    from click.testing import CliRunner
+
+    from cxrbench import cli as cli_module
+
+    (plugin_dir / f"{module}.py").write_text(text)
+    eps = [make_entry_point("broken", module, dist="cxrbench-broken")]
+    monkeypatch.setattr("cxrbench.manager._entry_points", lambda: eps)
+    cli_module.STATE.reset()
+    try:
+        result = CliRunner().invoke(cli_module.cli, ["list", "heads"], catch_exceptions=False)
+    finally:
+        cli_module.STATE.reset()
+    assert result.exit_code == 4
+    assert result.output.startswith(expected)
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output

@@ -406,3 +406,15 @@ def test_real_nih_rgba_images_read_as_2d(real_nih):
             image = dataset.read_image(name, i)
             assert image.shape == (256, 256) and image.dtype == np.uint8
     assert rgba >= 1
+
+
+@pytest.mark.realdata
+def test_real_nih_splits_are_the_official_lists_of_the_images_present(real_nih):
+    _, splits, _, _ = real_nih
+    present = {p.name for p in (DATA / "nih" / "images").glob("*.png")}
+    lists = {name: set((DATA / "nih" / f"{name}.txt").read_text().split()) for name in ("train_val_list", "test_list")}
+    boxed = {r[0] for r in _read_rows(DATA / "nih" / "BBox_List_2017.csv")}
+    assert set(splits["train"].ids) | set(splits["val"].ids) == lists["train_val_list"] & present
+    assert set(splits["test"].ids) == lists["test_list"] & present
+    assert set(splits["boxes"].ids) == boxed & present
+    assert not set(splits["train"].ids) & set(splits["val"].ids)
