@@ -106,7 +106,7 @@ class CxrbenchGroup(click.Group):
 @click.group(cls=CxrbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cxrbench")
 def cli() -> None:
-    r"""Benchmark chest X-ray classifiers and their weakly supervised localization.
+    """Benchmark chest X-ray classifiers and their weakly supervised localization.
 
     \b
     Typical session:
@@ -116,7 +116,7 @@ def cli() -> None:
       cxrbench leaderboard --grid quickstart --format markdown
 
     Set CXRBENCH_TRACE_PLUGINS=1 to trace every hook call.
-    """
+    """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
 
 
 # --------------------------------------------------------------------------- grids
@@ -270,7 +270,7 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
     if fmt == "table":
         report.render_tables(console, records, grid_name, sort_key=sort_key, sig=sig)
         return
-    text = report.export(records, fmt)
+    text = report.export(records, fmt, sort_key)
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(text)
@@ -441,7 +441,7 @@ def list_components(kind: str) -> None:
 @results_option
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache directory (default: RESULTS/cache).")
-@click.option("--workers", type=int, default=None, help="Decoding threads (default: CPU count).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPU count).")
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable; default: all).")
 def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers: int | None,
             splits: tuple[str, ...]) -> None:
@@ -462,10 +462,11 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
     for spec in grid.datasets:
         dataset = build_dataset(spec, cache_root, _warn)
         size = input_size(grid.train, dataset)
+        unknown = [name for name in splits if name not in dataset.split_names]
+        if unknown:  # before decoding anything, not after the splits listed first
+            raise UsageError(f"dataset '{spec.name}' has no split {unknown[0]!r} "
+                             f"(splits: {', '.join(dataset.split_names)})")
         for split_name in splits or dataset.split_names:
-            if split_name not in dataset.split_names:
-                raise UsageError(f"dataset '{spec.name}' has no split {split_name!r} "
-                                 f"(splits: {', '.join(dataset.split_names)})")
             total = len(dataset.split(split_name))
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console, disable=not console.is_terminal) as bars:

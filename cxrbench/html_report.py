@@ -74,16 +74,18 @@ def roc_figures(cells: list[tuple[str, Path]]) -> list[tuple[str, bytes]]:
 
 def _gallery_images(store: Any, registry: Any, grid_name: str, records: list[dict[str, Any]], count: int,
                     workdir: Path) -> list[tuple[str, Path]]:
-    """Saved overlays of the grid's cells, or freshly drawn ones for the best cell."""
+    """Saved overlays of the grid's cells (best cells first), or freshly drawn ones for the best cell."""
+    # one record per cell: a cell has a record per localizer, and its overlay folder holds them all
+    ranked = sort_records(list({r["cell_id"]: r for r in records if r["status"] == "ok"}.values()))
     found: list[tuple[str, Path]] = []
-    for r in records:
+    for r in ranked:
         folder = store.cell_dir(r["cell_id"]) / "overlays"
         if folder.is_dir():
-            found += [(f"{r['backbone']} / {r['head']} / {p.parent.name}", p) for p in sorted(folder.glob("*/*.png"))]
+            label = f"{r['backbone']} / {r['head']} / seed {r['seed']}"
+            found += [(f"{label} / {p.parent.name}", p) for p in sorted(folder.glob("*/*.png"))]
     if found:
         return found[: count * 4]
     spec = store.grid_spec(grid_name) or {}
-    ranked = sort_records([r for r in records if r["status"] == "ok"])
     if not ranked or not spec.get("localizers"):
         return []
     from .heatmap import component_from_config, render_heatmaps

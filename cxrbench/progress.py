@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Column
 from rich.text import Text
 
 _EPOCH = re.compile(r"epoch (\d+)/(\d+)")
@@ -163,6 +164,23 @@ class _EtaColumn(ProgressColumn):
         return Text(f"eta {format_eta(remaining)}" if remaining is not None else "", style="progress.remaining")
 
 
+class _LabelColumn(TextColumn):
+    """A task's description, cut short with an ellipsis so that the columns after it fit.
+
+    A cell's label carries its dataset's options and easily outgrows a terminal; rich
+    would then squeeze every column alike, down to a bar, counts and ETA of one ``…``.
+    The width is worked out at each refresh, so a resized terminal is followed.
+    """
+
+    def __init__(self, console: Console, reserved: int) -> None:
+        super().__init__("{task.description}", markup=False)
+        self.console = console
+        self.reserved = reserved
+
+    def get_table_column(self) -> Column:
+        return Column(no_wrap=True, overflow="ellipsis", max_width=max(20, self.console.width - self.reserved))
+
+
 class RichProgress:
     """Live display: overall cells bar (done / total, ETA) and the current cell's phase bar.
 
@@ -175,9 +193,12 @@ class RichProgress:
     def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
         self.eta = EtaEstimate(clock)
+        # label | phase | bar | n/N | elapsed | eta: everything right of the label takes about
+        # 70 columns (the longest phases, e.g. "localize gradcampp", included)
         self.bars = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
+            _LabelColumn(console, reserved=70),
+            TextColumn("{task.fields[phase]}", markup=False, table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             _EtaColumn(self),
@@ -196,13 +217,13 @@ class RichProgress:
             self.console.print(f"{skipped} of {total} cells already in the store (resumed)", highlight=False)
         self.eta.start(pending)
         self.bars.start()
-        self.overall = self.bars.add_task(f"cells ({total} in grid)", total=pending)
-        self.current = self.bars.add_task("", total=1, visible=False)
+        self.overall = self.bars.add_task(f"cells ({total} in grid)", total=pending, phase="")
+        self.current = self.bars.add_task("", total=1, visible=False, phase="")
 
     def cell_started(self, cell: Any) -> None:
         self.cell_label = f"  {cell.cell_id} {_cell_line(cell)}"
         self._phase = ""
-        self.bars.reset(self.current, description=self.cell_label, total=1, visible=True)
+        self.bars.reset(self.current, description=self.cell_label, total=1, visible=True, phase="")
 
     def progress(self, phase: str, done: int, total: int) -> None:
         self.eta.progress(phase, done, total)
@@ -210,7 +231,7 @@ class RichProgress:
         if phase == self._phase and done not in (0, total) and now - self._last_update < 0.1:
             return  # keep the display cheap: at most ~10 updates a second, but never miss a new phase
         self._last_update, self._phase = now, phase
-        self.bars.update(self.current, description=f"{self.cell_label}: {phase}", completed=done,
+        self.bars.update(self.current, description=self.cell_label, phase=phase, completed=done,
                          total=max(total, 1), visible=True)
 
     def cell_finished(self, cell: Any, result: dict[str, Any]) -> None:

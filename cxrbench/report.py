@@ -174,14 +174,23 @@ def _varies_within_cells(records: Sequence[dict[str, Any]], key: str) -> bool:
 
 
 def _class_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The classes with a per-class AUROC, in first-seen order.
+
+    A grouped record's ``auroc/<Class>_std`` is the spread of ``auroc/<Class>``, not a class.
+    """
     names: list[str] = []
     for r in records:
         for key in r["metrics"]:
-            if key.startswith("auroc/"):
+            if key.startswith("auroc/") and not _is_std_of(key, r["metrics"]):
                 name = key.split("/", 1)[1]
                 if name not in names:
                     names.append(name)
     return names
+
+
+def _is_std_of(key: str, columns: Any) -> bool:
+    """Whether ``key`` is the ``_std`` companion of another column in ``columns`` (grouped records)."""
+    return key.endswith("_std") and key[: -len("_std")] in columns
 
 
 def _mean_std(m: dict[str, Any], key: str, digits: int = 3) -> str:
@@ -364,8 +373,16 @@ def significance_line(sig: dict[str, Any]) -> str:
             f"(95% CI {sig['low']:.4f} to {sig['high']:.4f}, paired bootstrap over patients, p = {sig['p']:.3g})")
 
 
-def export(records: Sequence[dict[str, Any]], fmt: str) -> str:
-    """The records as ``json``, ``csv`` or ``markdown`` text."""
+def export(records: Sequence[dict[str, Any]], fmt: str, sort_key: str | None = None) -> str:
+    """The records as ``json``, ``csv``, ``markdown`` or ``html`` text.
+
+    Args:
+        records: leaderboard records, in the order the rows should appear.
+        fmt: the format.
+        sort_key: the ``--sort`` metric; the HTML tables, which order their rows
+            themselves, use it (default: AUROC and IoU, best first).
+
+    """
     if fmt == "json":
         from .store import _json_safe
 
@@ -376,7 +393,7 @@ def export(records: Sequence[dict[str, Any]], fmt: str) -> str:
     if fmt == "markdown":
         return markdown(frame)
     if fmt == "html":
-        return html_page("cxrbench leaderboard", html_tables(records))
+        return html_page("cxrbench leaderboard", html_tables(records, sort_key))
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -386,12 +403,13 @@ def markdown(frame: pd.DataFrame) -> str:
         return "_no results_\n"
     columns = [c for c in ID_COLUMNS if c in frame.columns and c not in ("grid",)]
     columns += [k for k, _ in CLASSIFICATION_COLUMNS + LOCALIZATION_COLUMNS if k in frame.columns]
-    columns += [c for c in frame.columns if c.startswith("auroc/")]
+    columns += [c for c in frame.columns if c.startswith("auroc/") and not _is_std_of(c, frame.columns)]
     columns += [c for c in INFO_METRICS[:3] if c in frame.columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     digits = {"parameters": 0, "train_images_per_s": 1, "inference_images_per_s": 1, "loc_ms_per_image": 2}
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c], digits.get(c, 3)) for c in columns) + " |")
+        # grouped records (--group-by / --over) carry <metric>_std: shown as mean±std, as in the tables
+        lines.append("| " + " | ".join(_mean_std(row, c, digits.get(c, 3)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -546,24 +564,48 @@ figure{display:inline-block;margin:6px;text-align:center;font-size:12px}
 """
 
 
-def html_tables(records: Sequence[dict[str, Any]]) -> str:
-    """The classification and localization leaderboards as HTML tables (no styling)."""
+def _with_std(columns: Sequence[str], available: Any) -> list[str]:
+    """``columns`` with each one's ``_std`` companion (grouped records) right after it."""
+    out: list[str] = []
+    for c in columns:
+        out += [c, f"{c}_std"] if f"{c}_std" in available else [c]
+    return out
+
+
+def html_tables(records: Sequence[dict[str, Any]], sort_key: str | None = None) -> str:
+    """The classification and localization leaderboards as HTML tables (no styling).
+
+    Args:
+        records: leaderboard records (grouped ones get a ``<metric>_std`` column beside each metric).
+        sort_key: metric to sort both tables by, best first (default: ``auroc_mean`` for
+            classification, ``iou_mean`` for localization), as in the rich tables.
+
+    """
     frame = to_frame(records)
     if frame.empty:
         return "<p>No results.</p>"
     cls_cols = [c for c in ("dataset", "backbone", "head", "seed", "status", "auroc_mean", "auroc_ci_low",
                             "auroc_ci_high") if c in frame.columns]
-    cls_cols += [c for c in frame.columns if c.startswith("auroc/")]
+    cls_cols += [c for c in frame.columns if c.startswith("auroc/") and not _is_std_of(c, frame.columns)]
     cls_cols += [c for c in ("train_images_per_s", "inference_images_per_s", "parameters", "cell_id")
                  if c in frame.columns]
-    cells = frame.drop_duplicates("cell_id").sort_values("auroc_mean", ascending=False, na_position="last")
+    cls_cols = _with_std(cls_cols, frame.columns)
+    # frame row i is records[i]: rank the records, then take their rows in that order
+    indexed = [{**r, "_row": i} for i, r in enumerate(records)]
+    first_of_cell: dict[tuple, int] = {}
+    for r in sort_records(indexed, sort_key or "auroc_mean"):
+        first_of_cell.setdefault(_row_key(r), r["_row"])
+    cells = frame.iloc[list(first_of_cell.values())]
     parts = ["<h2>Classification</h2>", cells[cls_cols].to_html(index=False, na_rep="-", float_format="%.3f")]
     if "localizer" in frame.columns and frame["localizer"].notna().any():
         loc_cols = [c for c in ("dataset", "backbone", "head", "seed", "localizer", "iou_mean", "iobb_mean",
                                 "cum_iou_mean", "hit_rate") if c in frame.columns]
-        loc_cols += sorted(c for c in frame.columns if c.startswith(("acc_iou@", "acc_iobb@")) and "/" not in c)
+        loc_cols += sorted(c for c in frame.columns if c.startswith(("acc_iou@", "acc_iobb@")) and "/" not in c
+                           and not _is_std_of(c, frame.columns))
         loc_cols += [c for c in ("loc_ms_per_image", "cell_id") if c in frame.columns]
-        loc = frame[frame["localizer"].notna()].sort_values("iou_mean", ascending=False, na_position="last")
+        loc_cols = _with_std(loc_cols, frame.columns)
+        loc_key = sort_key if sort_key and not sort_key.startswith("auroc") else "iou_mean"
+        loc = frame.iloc[[r["_row"] for r in sort_records([r for r in indexed if r.get("localizer")], loc_key)]]
         parts += ["<h2>Localization</h2>", loc[loc_cols].to_html(index=False, na_rep="-", float_format="%.3f")]
     return "\n".join(parts)
 

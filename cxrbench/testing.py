@@ -1024,6 +1024,11 @@ def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bool], dic
     )
 
 
+def _inplace_flags(model: nn.Module) -> dict[str, bool]:
+    """``inplace`` of every module that has one (ReLU, Dropout, ...): a localizer may not flip them."""
+    return {name: bool(m.inplace) for name, m in model.named_modules() if isinstance(getattr(m, "inplace", None), bool)}
+
+
 class LocalizerContract(_Contract):
     """Contract checks for a localizer: shape, [0, 1] range and device of the maps; the
     model left exactly as found (modes, flags, weights, BatchNorm statistics, no
@@ -1092,12 +1097,16 @@ class LocalizerContract(_Contract):
         for p in model.head.parameters():
             p.requires_grad_(False)
         state, modes, flags = _snapshot(model)
+        inplace = _inplace_flags(model)
         self.run(model)
         after_state, after_modes, after_flags = _snapshot(model)
         changed_modes = sorted(k for k in modes if after_modes.get(k) != modes[k])
         assert not changed_modes, f"train/eval mode changed for {changed_modes[:5]}"
         changed_flags = sorted(k for k in flags if after_flags.get(k) != flags[k])
         assert not changed_flags, f"requires_grad changed for {changed_flags[:5]}"
+        after_inplace = _inplace_flags(model)
+        changed_inplace = sorted(k for k in inplace if after_inplace.get(k) != inplace[k])
+        assert not changed_inplace, f"inplace flags changed for {changed_inplace[:5]}"
         changed_state = [k for k, v in state.items() if not torch.equal(after_state[k], v)]
         assert not changed_state, f"weights or buffers changed: {changed_state[:5]}"
         with_grad = [n for n, p in model.named_parameters() if p.grad is not None]

@@ -107,3 +107,44 @@ def test_failing_cell_is_recorded_and_grid_goes_on(run_cli, tmp_path, tiny_grid_
     assert failed and "boom in forward" in failed[0]["error"]
     shown = run_cli("show", "--results", results, failed[0]["cell_id"][:8])
     assert "Traceback" in shown.output and "boom in forward" in shown.output
+
+
+def test_help_keeps_the_typical_session_lines(run_cli):
+    out = run_cli("--help").output
+    assert "\\b" not in out and "\b" not in out  # click's no-rewrap marker is consumed, not printed
+    assert "\n    cxrbench validate grids/quickstart.yaml\n" in out
+
+
+def test_interrupted_run_exits_2_and_keeps_finished_cells(run_cli, grid_file, tmp_path, monkeypatch):
+    from cxrbench import runner
+
+    real, calls = runner.run_cell_core, []
+
+    def second_cell_interrupted(task):
+        calls.append(task.cell.cell_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(runner, "run_cell_core", second_cell_interrupted)
+    results = tmp_path / "r"
+    result = run_cli("run", "--grid", grid_file, "--results", results, "--no-progress")
+    assert result.exit_code == 2
+    assert "interrupted" in result.output and "Traceback" not in result.output
+    from cxrbench.store import ResultsStore
+
+    with ResultsStore(results) as store:
+        assert store.statuses() == {calls[0]: "ok"}  # the interrupted cell left no record
+    monkeypatch.setattr(runner, "run_cell_core", real)
+    again = run_cli("run", "--grid", grid_file, "--results", results, "--no-progress")
+    assert again.exit_code == 0 and "1 ok, 0 failed, 1 already done" in again.output
+
+
+def test_prepare_refuses_bad_options_before_decoding(run_cli, grid_file, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_cli("prepare", "--grid", grid_file, "--cache", cache, "--workers", 0)
+    assert result.exit_code == 4 and "--workers" in result.output
+    result = run_cli("prepare", "--grid", grid_file, "--cache", cache, "--split", "train", "--split", "nope")
+    assert result.exit_code == 4
+    assert "dataset 'toy' has no split 'nope' (splits: " in result.output
+    assert not cache.exists()  # nothing decoded for the valid split listed first

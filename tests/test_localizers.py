@@ -415,6 +415,7 @@ def _snapshot(model):
         {k: v.clone() for k, v in model.state_dict().items()},
         {name: m.training for name, m in model.named_modules()},
         {name: p.requires_grad for name, p in model.named_parameters()},
+        {name: m.inplace for name, m in model.named_modules() if isinstance(m, nn.ReLU)},
     )
 
 
@@ -424,10 +425,11 @@ def test_model_left_unchanged(cls):
     model.backbone.body[1].eval()  # a mixed mode must come back as it was
     for p in model.head.parameters():
         p.requires_grad_(False)
-    state, modes, flags = _snapshot(model)
+    state, modes, flags, inplace = _snapshot(model)
+    assert any(inplace.values())  # the model has in-place ReLUs, which must stay in place
     localizer(cls)(model, make_images(), [0, 3])
-    after_state, after_modes, after_flags = _snapshot(model)
-    assert after_modes == modes and after_flags == flags
+    after_state, after_modes, after_flags, after_inplace = _snapshot(model)
+    assert after_modes == modes and after_flags == flags and after_inplace == inplace
     for key, value in state.items():
         assert torch.equal(after_state[key], value), key  # BN running stats untouched
     assert all(p.grad is None for p in model.parameters())

@@ -8,6 +8,7 @@ names it lists in ``EXAMPLES``.
 
 from __future__ import annotations
 
+import cxrbench_cam
 import cxrbench_heads
 import cxrbench_timm
 import pytest
@@ -170,3 +171,35 @@ def test_classifier_trains_end_to_end(head_name):
     grad = first_parameter(features).grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+# --------------------------------------------------------------------------- localizers on every backbone
+
+LOCALIZERS = Registry.from_plugin_manager(build_plugin_manager(plugins=[cxrbench_cam], entry_points=False, core=False))
+# Score-CAM reads the target layer through the same capture as Eigen-CAM (checked here) but runs one
+# forward per feature channel: thousands on the wide backbones, too slow for a per-backbone test.
+LOCALIZER_NAMES = [n for n in LOCALIZERS.names("localizer") if n != "scorecam"]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_localizer_explains_every_backbone(name):
+    """Each localizer, at the backbone's default target layer, gives all-class maps on it and leaves it as found."""
+    features = backbone(name).eval()
+    x = images()
+    classes = list(range(len(CLASSES)))
+    for head_name in ("avg", "pcam"):
+        model = Classifier(features, head(head_name, features.num_features), CLASSES).eval()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for loc_name in LOCALIZER_NAMES:
+            cls = LOCALIZERS.get("localizer", loc_name)
+            localizer = cls(cls.Options())
+            if localizer.unsupported_reason(model) is not None:
+                assert (loc_name, head_name) == ("pcam", "avg"), (loc_name, head_name)  # only PCAM needs its head
+                continue
+            maps = localizer(model, x, classes)
+            assert maps.shape == (2, len(CLASSES), SIZE, SIZE), (loc_name, head_name)
+            assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, (loc_name, head_name)
+            assert maps.amax(dim=(-2, -1)).gt(0).any(), (loc_name, head_name)  # not all blank
+        assert all(not m._forward_hooks and not m.training for m in model.modules())
+        assert all(p.grad is None for p in model.parameters())
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -119,7 +119,7 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
         clock.now += 26.0
         ui.progress("epoch 2/5", 3, 10)  # 26 % of the cell's training in 26 s: ~100 s per cell
         screen = _screen(ui)
-        assert re.search(r"avg / seed 0: epoch 2/5 .* 3/10", screen)
+        assert re.search(r"avg / seed 0 +epoch 2/5 .* 3/10", screen)
         assert "eta 0:04:34" in screen  # 3 cells x 100 s, less the 26 s spent
         clock.now += 74.0
         ui.progress("epoch 5/5", 10, 10)
@@ -130,7 +130,7 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
         clock.now += 30.0
         ui.progress("predict", 1, 4)
         screen = _screen(ui)
-        assert "bbbbbbbbbbbb" in screen and "max / seed 0: predict" in screen and "1/4" in screen
+        assert "bbbbbbbbbbbb" in screen and re.search(r"max / seed 0 +predict .* 1/4", screen)
         assert "eta 0:02:50" in screen  # the cell in flight has used 30 of its 100 s
         ui.cell_finished(_cell("bbbbbbbbbbbb", head="max"),
                          {"status": "failed", "error": "KeyError: '[/bold] [width=4]'", "metrics": {}, "info": {}})
@@ -141,6 +141,32 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
     assert "aaaaaaaaaaaa toy[num_images=64] / tiny[width=4] / avg / seed 0: ok auroc_mean=0.750" in out
     # error text with brackets is printed as is, not parsed as rich markup (which would raise)
     assert "bbbbbbbbbbbb toy[num_images=64] / tiny[width=4] / max / seed 0: failed KeyError: '[/bold] [width=4]'" in out
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_rich_display_keeps_phase_counts_and_eta_visible_beside_a_long_label(width):
+    # a dataset label with its options (the quickstart's is ~120 characters) must not push the
+    # phase, the step counts and the ETA off a common terminal: the label is cut instead
+    clock = FakeClock()
+    ui = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None), clock=clock)
+    label = "phantom[classes=['Cardiomegaly', 'Effusion', 'Mass', 'Nodule', 'Pneumothorax'],num_images=800]"
+    cell = types.SimpleNamespace(cell_id="cccccccccccc", axes={"dataset": label, "backbone": "resnet18",
+                                                               "head": "avg", "seed": 0})
+    ui.start(total=3, pending=3, skipped=0)
+    try:
+        ui.cell_started(cell)
+        clock.now += 10.0
+        ui.progress("epoch 1/2", 5, 10)  # a quarter of the cell in 10 s: 40 s per cell, 110 s left
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(ui.bars.get_renderable())
+        screen = console.file.getvalue()
+    finally:
+        ui.stop()
+    lines = screen.splitlines()
+    assert len(lines) == 2 and all(len(line) <= width for line in lines), screen
+    assert "cells (3 in grid)" in lines[0] and "0/3" in lines[0] and "eta 0:01:50" in lines[0], screen
+    assert "cccccccccccc phan" in lines[1] and "…" in lines[1], screen
+    assert re.search(r"epoch 1/2 .* 5/10", lines[1]), screen
 
 
 def test_eta_estimate():

@@ -250,6 +250,50 @@ def test_grouped_table_shows_mean_plus_minus_std(run_cli, results, records):
     for head in ("avg", "max"):
         assert f"{auroc.mean()[head]:.3f}±{auroc.std(ddof=1)[head]:.3f}" in out
     assert "Top cell" not in out  # no paired bootstrap between groups of cells
+    # a class's spread is shown beside its mean, not as a column of a class called "Blob_std"
+    assert "Blob_std" not in out and "Bar_std" not in out
+    header = next(line for line in out.splitlines() if "AUROC" in line and "Blob" in line)
+    assert header.count("Blob") == 1 and header.count("Bar") == 1
+
+
+def test_grouped_exports_show_the_spread_of_every_metric(run_cli, results, records):
+    over = ("leaderboard", "--results", results, "--grid", "tiny", "--over", "seed")
+    grouped = {(g["head"], g["localizer"]): g["metrics"] for g in _grouped(run_cli, results,
+                                                                            "dataset,backbone,head,localizer")}
+    lines = run_cli(*over, "--format", "markdown").output.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert not [c for c in header if c.endswith("_std")]
+    assert header.count("auroc/Blob") == 1
+    for line in lines[2:]:
+        row = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        m = grouped[(row["head"], row["localizer"])]
+        for key in ("auroc_mean", "iou_mean", "auroc/Blob"):
+            assert row[key] == f"{m[key]:.3f}±{m[key + '_std']:.3f}", key
+    html = run_cli(*over, "--format", "html").output
+    for column in ("auroc_mean", "auroc/Blob", "iou_mean", "hit_rate"):
+        assert re.search(rf"<th>{re.escape(column)}</th>\s*<th>{re.escape(column)}_std</th>", html), column
+    assert html.count("<th>auroc/Blob_std</th>") == 1
+
+
+def _html_column(text, section, column):
+    """The values of one column of an HTML export's table, top to bottom."""
+    table = text.split(f"<h2>{section}</h2>", 1)[1].split("</table>", 1)[0]
+    header = re.findall(r"<th>(.*?)</th>", table)
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+    return [row[header.index(column)] for row in rows if row]
+
+
+def test_html_export_follows_sort(run_cli, results, records):
+    def html(*args):
+        return run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "html", *args).output
+
+    ms = [float(v) for v in _html_column(html("--sort", "loc_ms_per_image"), "Localization", "loc_ms_per_image")]
+    assert len(ms) == len(records) and ms == sorted(ms)  # lower is better: fastest first
+    speed = [float(v) for v in _html_column(html("--sort", "train_images_per_s"), "Classification",
+                                            "train_images_per_s")]
+    assert len(speed) == 4 and speed == sorted(speed, reverse=True)
+    default = [float(v) for v in _html_column(html(), "Classification", "auroc_mean")]
+    assert default == sorted(default, reverse=True)
 
 
 # --------------------------------------------------------------------------- filter, sort, top
@@ -429,6 +473,28 @@ def test_report_is_one_self_contained_html_file(run_cli, results, records, tmp_p
     heatmaps = _images(gallery)
     assert heatmaps and all(not alt.startswith("ROC") for alt, _ in heatmaps)
     assert any("cam" in alt for alt, _ in heatmaps) and any("gradcam" in alt for alt, _ in heatmaps)
+
+
+def test_report_gallery_shows_each_saved_overlay_once_best_cell_first(run_cli, results, records, tmp_path):
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "results"
+    shutil.copytree(results, root)
+    best = max(records, key=lambda r: r["metrics"]["auroc_mean"])["cell_id"]
+    for cell_id in {r["cell_id"] for r in records}:  # what localization.save_overlays writes, per localizer
+        for localizer in ("cam", "gradcam"):
+            folder = root / "cells" / cell_id / "overlays" / localizer
+            folder.mkdir(parents=True)
+            cv2.imwrite(str(folder / "img0_Blob.png"), np.zeros((4, 4, 3), np.uint8))
+    out = tmp_path / "report.html"
+    assert run_cli("report", "--results", root, "--grid", "tiny", "--out", out).exit_code == 0
+    gallery = out.read_text(encoding="utf-8").split("<h2>Heatmaps</h2>", 1)[1]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", gallery)
+    assert captions and len(captions) == len(set(captions))  # a cell's overlays once, not once per localizer row
+    best_record = next(r for r in records if r["cell_id"] == best)
+    assert captions[0].startswith(f"{best_record['backbone']} / {best_record['head']} / seed {best_record['seed']}")
 
 
 def test_report_unknown_grid_is_a_usage_error(run_cli, results, tmp_path):

@@ -72,3 +72,47 @@ def test_failed_cells_rerun_only_when_asked(run, tiny_grid_dict):
     assert (summary.failed, summary.skipped) == (0, 1)
     summary, _, _ = run(tiny_grid_dict, rerun_failed=True)
     assert summary.failed == 1
+
+
+def test_lifecycle_hooks_and_a_plugin_taking_over_a_cell(tiny_grid_dict, tmp_path):
+    import cxrbench
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+    from tests.conftest import builtin_plugins
+    from tests.plugins import toy
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+            self.store = None
+
+        @cxrbench.hookimpl
+        def cxrbench_cells_collected(self, grid, cells, pending):
+            self.events.append(("collected", grid.name, [c.cell_id for c in cells], [c.cell_id for c in pending]))
+
+        @cxrbench.hookimpl
+        def cxrbench_run_cell(self, task):
+            if task.cell.head.name != "max":
+                return None  # let the core run it
+            return {"metrics": {"auroc_mean": 0.5}, "info": {"from": "plugin"}, "localizations": []}
+
+        @cxrbench.hookimpl
+        def cxrbench_cell_finished(self, task, result):
+            committed = self.store.cell(task.cell.cell_id)  # the record is in the store already
+            self.events.append(("finished", task.cell.cell_id, result["status"], committed["status"]))
+
+    recorder = Recorder()
+    pm = build_plugin_manager(plugins=[*builtin_plugins(), ("toy", toy), ("recorder", recorder)], entry_points=False)
+    grid = parse_grid(tiny_grid_dict, Registry.from_plugin_manager(pm))
+    with ResultsStore(tmp_path / "results") as store:
+        recorder.store = store
+        summary = run_grid(grid, pm, store)
+        records = store.records(grid.name)
+    assert summary.ok == 2
+    (kind, name, all_ids, pending), *finished = recorder.events
+    assert (kind, name) == ("collected", "tiny") and all_ids == pending and len(all_ids) == 2
+    assert sorted(e[1] for e in finished) == sorted(all_ids)
+    assert all(e[0] == "finished" and e[2] == e[3] == "ok" for e in finished)
+    taken = [r for r in records if r["head"] == "max"]  # the plugin's answer, stored as the cell's record
+    assert [(r["metrics"]["auroc_mean"], r["localizer"]) for r in taken] == [(0.5, None)]
+    assert sorted(r["localizer"] for r in records if r["head"] == "avg") == ["cam", "gradcam"]  # the core ran it

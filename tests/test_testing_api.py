@@ -156,6 +156,18 @@ class ModeChangingCAM(cxrbench_cam.CAM):
         return super().__call__(model, images, classes)
 
 
+class InplaceFlippingCAM(cxrbench_cam.CAM):
+    """CAM that turns the model's in-place ReLUs off (as some hook libraries do) and leaves them off."""
+
+    NAME = "inplace_flipping_cam"
+
+    def __call__(self, model, images, classes):
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        return super().__call__(model, images, classes)
+
+
 class BatchMixingCAM(cxrbench_cam.CAM):
     """CAM normalised over the whole batch: an image's map depends on its neighbours."""
 
@@ -212,7 +224,7 @@ class MislabelledDataset(TinyDataset):
 class BrokenPlugin:
     @cxrbench.hookimpl
     def cxrbench_register_localizers(self):
-        return [LeakyCAM, OverflowingCAM, ModeChangingCAM, BatchMixingCAM]
+        return [LeakyCAM, OverflowingCAM, ModeChangingCAM, InplaceFlippingCAM, BatchMixingCAM]
 
     @cxrbench.hookimpl
     def cxrbench_register_backbones(self):
@@ -241,6 +253,7 @@ def contract(base, name, **attributes):
         (LocalizerContract, "leaky_cam", "test_no_hooks_left", "hooks left behind"),
         (LocalizerContract, "overflowing_cam", "test_maps_shape_range_and_device", "not within"),
         (LocalizerContract, "mode_changing_cam", "test_model_left_unchanged", "mode changed"),
+        (LocalizerContract, "inplace_flipping_cam", "test_model_left_unchanged", "inplace flags changed"),
         (LocalizerContract, "batch_mixing_cam", "test_batch_invariance", "rest of its batch"),
         (BackboneContract, "dropped_channel", "test_in_chans", "in_chans=3"),
         (BackboneContract, "batch_stats", "test_batch_invariance", "rest of its batch"),
