@@ -163,7 +163,7 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
     """
     from .config import _component, load_grid
     from .progress import make_progress
-    from .report import render_tables
+    from .report import add_plugin_columns, render_tables
     from .runner import fingerprint_datasets, plan_tasks, run_grid
     from .store import ResultsStore
 
@@ -189,7 +189,8 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         for i, c in enumerate(cells, start=1):
             state = "to run" if c.cell_id in pending else f"done ({statuses.get(c.cell_id, '?')})"
             a = c.axes
-            table.add_row(str(i), c.cell_id, a["dataset"], a["backbone"], a["head"], str(a["seed"]), state)
+            table.add_row(str(i), c.cell_id, *(escape(str(a[k])) for k in ("dataset", "backbone", "head", "seed")),
+                          state)
         console.print(table)
         console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
                       f"executor: {(executor_spec or grid.executor).name}", highlight=False)
@@ -200,13 +201,14 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
                            cache_root=cache_root, ui=ui, warn=_warn)
         records = store.records(grid.name)
-    render_tables(console, records, grid.name)
+    render_tables(console, add_plugin_columns(records, STATE.pm), grid.name)
     if summary.interrupted:
         err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)
-    console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done "
+    localizers = f", {summary.localizers_failed} localizer runs failed" if summary.localizers_failed else ""
+    console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done{localizers} "
                   f"(results in {results_dir})", highlight=False)
-    if summary.failed:
+    if summary.failed or summary.localizers_failed:
         sys.exit(EXIT_FAILED)
 
 
@@ -266,7 +268,7 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         raise UsageError(str(exc)) from None
     # the best cell is compared with the runner-up even when --top hides the runner-up
     sig = report.significance(records, results_dir) if fmt == "table" and significance and not group_by else None
-    records = shown
+    records = report.add_plugin_columns(shown, STATE.pm)
     if fmt == "table":
         report.render_tables(console, records, grid_name, sort_key=sort_key, sig=sig)
         return

@@ -46,8 +46,46 @@ def public_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "metrics": r["metrics"],
             "info": {k: v for k, v in (r.get("info") or {}).items() if k not in ("history", "classes")},
             "localizer_settings": r.get("localizer_settings") or {},
+            **({"columns": r["columns"]} if r.get("columns") else {}),
         })
     return out
+
+
+def add_plugin_columns(records: list[dict[str, Any]], pm: Any) -> list[dict[str, Any]]:
+    """Ask every ``cxrbench_leaderboard_columns`` implementation for extra columns.
+
+    Each answer ``{column: [value per record]}`` lands in the records' ``columns`` mapping,
+    which the tables and every export show.
+
+    Raises:
+        PluginError: naming the plugin whose answer is not such a mapping.
+
+    """
+    from .errors import PluginError
+
+    if not records:
+        return records
+    out = [dict(r, columns=dict(r.get("columns") or {})) for r in records]
+    for impl in pm.hook.cxrbench_leaderboard_columns.get_hookimpls():
+        answer = impl.function(records=[dict(r) for r in records])
+        if answer is None:
+            continue
+        if not isinstance(answer, dict) or not all(
+                isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == len(records)
+                for k, v in answer.items()):
+            raise PluginError(f"plugin {impl.plugin_name!r}: cxrbench_leaderboard_columns must return "
+                              f"{{column name: list of {len(records)} values}} or None")
+        for name, values in answer.items():
+            for row, value in zip(out, values, strict=True):
+                row["columns"][name] = value
+    return out
+
+
+def _plugin_column_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for r in records:
+        names += [k for k in (r.get("columns") or {}) if k not in names]
+    return names
 
 
 def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -61,6 +99,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             if key in info:
                 row[key] = info[key]
         row.update(r["metrics"])
+        row.update(r.get("columns") or {})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=None)
     return frame.replace({None: math.nan}) if not frame.empty else frame
@@ -230,6 +269,9 @@ def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key
         table.add_column(name[:12], justify="right")
     for col in ("img/s train", "img/s infer", "params"):
         table.add_column(col, justify="right")
+    extra = _plugin_column_names(rows)
+    for col in extra:
+        table.add_column(escape(col), justify="right")
     table.add_column("cell", **CELL_COLUMN)
     for rank, r in enumerate(rows, start=1):
         m = r["metrics"]
@@ -247,6 +289,7 @@ def classification_table(records: Sequence[dict[str, Any]], title: str, sort_key
             _fmt(info.get("train_images_per_s"), 1),
             _fmt(info.get("inference_images_per_s"), 1),
             _fmt_params(params),
+            *[escape(_fmt((r.get("columns") or {}).get(col))) for col in extra],
             escape(r["cell_id"]),
         )
     return table
@@ -391,20 +434,27 @@ def export(records: Sequence[dict[str, Any]], fmt: str, sort_key: str | None = N
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "markdown":
-        return markdown(frame)
+        return markdown(frame, _plugin_column_names(records))
     if fmt == "html":
         return html_page("cxrbench leaderboard", html_tables(records, sort_key))
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of the main columns (no extra dependency)."""
+def markdown(frame: pd.DataFrame, extra: Sequence[str] = ()) -> str:
+    """A GitHub-flavoured Markdown table of the main columns (no extra dependency).
+
+    Args:
+        frame: :func:`to_frame` output.
+        extra: plugin columns (``cxrbench_leaderboard_columns``) to append.
+
+    """
     if frame.empty:
         return "_no results_\n"
     columns = [c for c in ID_COLUMNS if c in frame.columns and c not in ("grid",)]
     columns += [k for k, _ in CLASSIFICATION_COLUMNS + LOCALIZATION_COLUMNS if k in frame.columns]
     columns += [c for c in frame.columns if c.startswith("auroc/") and not _is_std_of(c, frame.columns)]
     columns += [c for c in INFO_METRICS[:3] if c in frame.columns]
+    columns += [c for c in extra if c in frame.columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     digits = {"parameters": 0, "train_images_per_s": 1, "inference_images_per_s": 1, "loc_ms_per_image": 2}
     for _, row in frame.iterrows():

@@ -296,6 +296,7 @@ class RunSummary:
     skipped: int = 0
     ok: int = 0
     failed: int = 0
+    localizers_failed: int = 0
     interrupted: bool = False
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
@@ -423,6 +424,11 @@ def run_grid(
         store.write_result(grid.name, result)
         if result["status"] == "ok":
             summary.ok += 1
+            # a trained cell whose localizer failed is not a clean run either (exit code 1)
+            for loc in result.get("localizations") or []:
+                if loc.get("status") == "failed":
+                    summary.localizers_failed += 1
+                    summary.failures.append((task.cell.cell_id, f"localizer {loc.get('name')}: {loc.get('error')}"))
         else:
             summary.failed += 1
             summary.failures.append((task.cell.cell_id, result.get("error") or "failed"))

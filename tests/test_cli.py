@@ -109,6 +109,16 @@ def test_failing_cell_is_recorded_and_grid_goes_on(run_cli, tmp_path, tiny_grid_
     assert "Traceback" in shown.output and "boom in forward" in shown.output
 
 
+def test_a_failed_localizer_makes_the_run_exit_1(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict["heads"] = ["avg"]
+    tiny_grid_dict["localizers"] = ["cam", "pcam"]  # pcam needs a pcam head: it fails on this cell
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    result = run_cli("run", "--grid", path, "--results", tmp_path / "r", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "1 ok, 0 failed, 0 already done, 1 localizer runs failed" in result.output
+
+
 def test_help_keeps_the_typical_session_lines(run_cli):
     out = run_cli("--help").output
     assert "\\b" not in out and "\b" not in out  # click's no-rewrap marker is consumed, not printed

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+import cxrbench
 from cxrbench import cli as cli_module
 from cxrbench import report
 from cxrbench.config import parse_grid
@@ -514,3 +515,44 @@ def test_group_records_without_ok_records_and_nan_std():
     (single,) = report.group_records(rows[:1], ["seed"])
     assert math.isnan(single["metrics"]["auroc_mean_std"])
     assert report.group_records(rows[2:], ["seed"]) == []
+
+
+# --------------------------------------------------------------------------- plugin columns
+
+
+class _ColumnsPlugin:
+    """A third-party plugin adding a leaderboard column (AUROC in percent)."""
+
+    @cxrbench.hookimpl
+    def cxrbench_leaderboard_columns(self, records):
+        return {"auroc_pct": [round(100 * r["metrics"].get("auroc_mean", 0.0), 1) for r in records]}
+
+
+class _BadColumnsPlugin:
+    @cxrbench.hookimpl
+    def cxrbench_leaderboard_columns(self, records):
+        return {"short": [1]}  # one value for several records
+
+
+def test_plugin_columns_reach_every_format(run_cli, results, pm, records):
+    pm.register(_ColumnsPlugin(), name="columns")
+    try:
+        out = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "json").output
+        exported = json.loads(out)
+        assert [r["columns"]["auroc_pct"] for r in exported] == [
+            round(100 * r["metrics"]["auroc_mean"], 1) for r in records]
+        assert "auroc_pct" in run_cli("leaderboard", "--results", results, "--format", "csv").output.splitlines()[0]
+        assert "auroc_pct" in run_cli("leaderboard", "--results", results, "--format", "markdown").output
+        assert "auroc_pct" in run_cli("leaderboard", "--results", results).output
+    finally:
+        pm.unregister(name="columns")
+
+
+def test_a_malformed_plugin_column_is_one_line_naming_the_plugin(run_cli, results, pm):
+    pm.register(_BadColumnsPlugin(), name="badcolumns")
+    try:
+        result = run_cli("leaderboard", "--results", results, "--format", "json")
+        assert result.exit_code == 4
+        assert result.output.strip().count("\n") == 0 and "plugin 'badcolumns'" in result.output
+    finally:
+        pm.unregister(name="badcolumns")
