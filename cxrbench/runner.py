@@ -409,8 +409,8 @@ def run_grid(
     set_plugin_manager(pm)
     cells = expand(grid, fingerprint_datasets(grid, cache_root, warn))
     store.register_grid(grid.name, grid_summary(grid), [c.cell_id for c in cells])
-    if force:
-        store.delete_cells([c.cell_id for c in cells])
+    # --force keeps the old records until each cell's new one replaces them: an interrupted
+    # forced run loses nothing
     tasks, skipped = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed, cache_root=cache_root)
     summary = RunSummary(total=len(cells), skipped=skipped)
     pm.hook.cxrbench_cells_collected(grid=grid, cells=cells, pending=[t.cell for t in tasks])
@@ -421,7 +421,7 @@ def run_grid(
     def on_result(result: CellResult) -> None:
         task = by_id[result["cell_id"]]
         result = merge_partial(store, task, result)
-        store.write_result(grid.name, result)
+        store.write_result(grid.name, result, replace_localizations=task.retrain)
         if result["status"] == "ok":
             summary.ok += 1
             # a trained cell whose localizer failed is not a clean run either (exit code 1)

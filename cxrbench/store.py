@@ -178,7 +178,7 @@ class ResultsStore:
                 [(name, cid, i) for i, cid in enumerate(cell_ids)],
             )
 
-    def write_result(self, grid: str, result: dict[str, Any]) -> None:
+    def write_result(self, grid: str, result: dict[str, Any], *, replace_localizations: bool = False) -> None:
         """Write one finished cell and all its localizer rows atomically.
 
         Args:
@@ -187,10 +187,14 @@ class ResultsStore:
                 ``config``, ``status``, ``error``, ``traceback``, ``metrics``, ``info``,
                 ``started_at``, ``finished_at`` and ``localizations`` (a list of dicts
                 with ``key``, ``name``, ``status``, ``error``, ``metrics``, ``settings``).
+            replace_localizations: drop the cell's earlier localizer rows first (a retrained
+                model makes them stale); done in the same transaction, so a crash keeps the old ones.
 
         """
         axes = result["axes"]
         with self.transaction() as conn:
+            if replace_localizations:
+                conn.execute("DELETE FROM localizations WHERE cell_id = ?", (result["cell_id"],))
             conn.execute(
                 """INSERT OR REPLACE INTO cells(cell_id, dataset, backbone, head, seed, config, status,
                    error, traceback, metrics, info, started_at, finished_at)
@@ -214,13 +218,6 @@ class ResultsStore:
                     (result["cell_id"], loc["key"], loc["name"], loc["status"], loc.get("error"),
                      dumps(loc.get("metrics", {})), dumps(loc.get("settings", {}))),
                 )
-
-    def delete_cells(self, cell_ids: Iterable[str]) -> None:
-        """Forget cells (``--force``): records and localizer rows, in one transaction."""
-        ids = list(cell_ids)
-        with self.transaction() as conn:
-            conn.executemany("DELETE FROM localizations WHERE cell_id = ?", [(i,) for i in ids])
-            conn.executemany("DELETE FROM cells WHERE cell_id = ?", [(i,) for i in ids])
 
     # ------------------------------------------------------------------ reads
 

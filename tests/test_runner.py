@@ -116,3 +116,27 @@ def test_lifecycle_hooks_and_a_plugin_taking_over_a_cell(tiny_grid_dict, tmp_pat
     taken = [r for r in records if r["head"] == "max"]  # the plugin's answer, stored as the cell's record
     assert [(r["metrics"]["auroc_mean"], r["localizer"]) for r in taken] == [(0.5, None)]
     assert sorted(r["localizer"] for r in records if r["head"] == "avg") == ["cam", "gradcam"]  # the core ran it
+
+
+def test_force_retrains_and_replaces_records_only_when_each_cell_finishes(run, tiny_grid_dict, monkeypatch):
+    from cxrbench import runner
+
+    tiny_grid_dict["localizers"] = ["cam", "gradcam"]
+    summary, first, store = run(tiny_grid_dict)
+    assert summary.ok == 2 and len(first) == 4
+    # the forced run dies in its second cell: the first is replaced, the second keeps its old record
+    real, calls = runner.run_cell_core, []
+
+    def dies_second(task):
+        calls.append(task.cell.cell_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(runner, "run_cell_core", dies_second)
+    tiny_grid_dict["localizers"] = ["cam"]  # gradcam rows of a retrained cell must not survive
+    summary, records, _ = run(tiny_grid_dict, force=True)
+    assert summary.interrupted and summary.ok == 1
+    kept = {(r["cell_id"], r["localizer"]) for r in records}
+    assert (calls[0], "gradcam") not in kept and (calls[0], "cam") in kept
+    assert {(calls[1], "cam"), (calls[1], "gradcam")} <= kept  # untouched: still the old model's rows
