@@ -147,7 +147,9 @@ def _count_cells(grid: Any) -> int:
               help="The grid YAML file.")
 @results_option
 @click.option("--dry-run", is_flag=True, help="Print the expanded cells (and whether each is done) and stop.")
-@click.option("--executor", default=None, help="Override the grid's executor (e.g. local, process, ray).")
+@click.option("--executor", default=None, metavar="NAME|YAML",
+              help="Override the grid's executor: a name (local, process, ray) or a YAML mapping as in a grid, "
+                   "e.g. --executor '{name: ray, options: {address: auto, num_gpus: 1}}'.")
 @click.option("--force", is_flag=True, help="Rerun every cell, even finished ones.")
 @click.option("--rerun-failed", is_flag=True, help="Rerun cells (and localizers) that failed before.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -169,7 +171,7 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
 
     registry = STATE.registry
     grid = load_grid(grid_file, registry)
-    executor_spec = _component(registry, "executor", executor, "--executor") if executor else None
+    executor_spec = _component(registry, "executor", _executor_entry(executor), "--executor") if executor else None
     cache_root = str(cache_dir or results_dir / "cache")
     if dry_run:
         from .grid import expand
@@ -488,6 +490,19 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _executor_entry(text: str) -> Any:
+    """``--executor``'s value: a plain name, or a YAML mapping such as a grid's ``executor:``."""
+    if not text.lstrip().startswith("{"):
+        return text
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UsageError(f"--executor: {problem} in {text!r}") from None
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -61,6 +61,18 @@ def test_dry_run_lists_cells(run_cli, grid_file, tmp_path):
     assert not (tmp_path / "r" / "cxrbench.sqlite").exists()
 
 
+def test_executor_override_takes_a_name_or_a_yaml_mapping(run_cli, grid_file, tmp_path):
+    dry = ("run", "--grid", grid_file, "--results", tmp_path / "r", "--dry-run")
+    assert "executor: process" in run_cli(*dry, "--executor", "process").output
+    ok = run_cli(*dry, "--executor", "{name: process, options: {workers: 2}}")
+    assert ok.exit_code == 0 and "executor: process" in ok.output
+    for bad, message in [("{name: process, options: {workerz: 2}}", "--executor.options.workerz"),
+                         ("{name: process", "--executor:"), ("procss", "did you mean 'process'")]:
+        result = run_cli(*dry, "--executor", bad)
+        assert result.exit_code == 4 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_list_and_plugins(run_cli):
     result = run_cli("list", "heads")
     assert result.exit_code == 0
