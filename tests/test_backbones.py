@@ -92,18 +92,28 @@ def test_in_chans_1_first_conv_takes_one_channel(registry):
     assert backbone.in_chans == 1
 
 
-def test_options_validation():
+def test_options_validation(tmp_path):
     with pytest.raises(ValueError, match="in_chans"):
         TimmOptions(in_chans=2).validate()
     with pytest.raises(ValueError, match="model_kwargs"):
         TimmOptions(model_kwargs={"num_classes": 3}).validate()
-    TimmOptions(pretrained="/some/file.pth", attention="fpa").validate()
+    weights = tmp_path / "file.pth"
+    weights.write_bytes(b"")
+    TimmOptions(pretrained=str(weights), attention="fpa").validate()
 
 
-def test_options_parse_from_yaml_values():
+def test_a_missing_weights_file_fails_grid_validation_with_its_yaml_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"backbones\[0\]\.options\.pretrained: .*weights file not found"):
+        parse_options(TimmOptions, {"pretrained": str(tmp_path / "absent.pth")}, "backbones[0].options",
+                      "backbone 'resnet18'")
+
+
+def test_options_parse_from_yaml_values(tmp_path, monkeypatch):
     raw = {"pretrained": True, "attention": "se", "model_kwargs": {"a": 1}}
     parsed = parse_options(TimmOptions, raw, "p", "b")
     assert parsed.pretrained is True and parsed.attention == "se" and parsed.model_kwargs == {"a": 1}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"")
     assert parse_options(TimmOptions, {"pretrained": "w.pth"}, "p", "b").pretrained == "w.pth"
     with pytest.raises(ConfigError, match="attention"):
         parse_options(TimmOptions, {"attention": "cbam"}, "backbones[0].options", "backbone 'resnet18'")

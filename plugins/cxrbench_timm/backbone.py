@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import timm
@@ -85,6 +86,9 @@ class TimmOptions:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         if isinstance(self.pretrained, str) and not self.pretrained.strip():
             raise ValueError("pretrained must be true, false or a weights file path, got an empty string")
+        if isinstance(self.pretrained, str) and not Path(self.pretrained).expanduser().is_file():
+            # caught when the grid is validated, not once per cell after the run has started
+            raise ValueError(f"pretrained weights file not found: {self.pretrained}")
         reserved = sorted(set(self.model_kwargs) & set(RESERVED_KWARGS))
         if reserved:
             raise ValueError(f"model_kwargs may not set {', '.join(reserved)}: use the backbone options")
