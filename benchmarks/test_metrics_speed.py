@@ -8,6 +8,9 @@ Run: ``OMP_NUM_THREADS=1 pytest benchmarks/test_metrics_speed.py --benchmark-ena
   compared per replicate, and the subset's values must agree);
 * localization metrics of ~1,000 (image, class) pairs vs a per-pair loop;
 * heatmap -> boxes for 880 images x 8 classes of 256 px maps vs one OpenCV call per map.
+
+numpy / OpenCV / scikit-learn on the host only: unlike the other side-by-side files there
+is no ``device`` parameter and no CUDA variant.
 """
 
 from __future__ import annotations
