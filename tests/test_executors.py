@@ -22,14 +22,36 @@ def env_plugins(monkeypatch):
     return pm, Registry.from_plugin_manager(pm)
 
 
-def run_with(executor, env_plugins, tiny_grid_dict, tmp_path):
+def run_with(executor, env_plugins, tiny_grid_dict, tmp_path, ui=None):
     pm, registry = env_plugins
     tiny_grid_dict["executor"] = executor
     tiny_grid_dict["localizers"] = ["cam"]
     grid = parse_grid(tiny_grid_dict, registry)
     with ResultsStore(tmp_path / executor["name"]) as store:
-        summary = run_grid(grid, pm, store)
+        summary = run_grid(grid, pm, store, ui=ui)
         return summary, store.records(grid.name)
+
+
+class RecordingUI:
+    """Records what a progress display is told."""
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, total, pending, skipped):
+        self.events.append(("start", pending))
+
+    def cell_started(self, cell):
+        self.events.append(("cell_started", cell.cell_id))
+
+    def progress(self, phase, done, total):
+        self.events.append(("progress", phase, done, total))
+
+    def cell_finished(self, cell, result):
+        self.events.append(("cell_finished", cell.cell_id))
+
+    def stop(self):
+        self.events.append(("stop",))
 
 
 def test_env_plugins_are_loaded(env_plugins):
@@ -47,6 +69,21 @@ def test_process_executor_matches_local(env_plugins, tiny_grid_dict, tmp_path):
     by_id = {r["cell_id"]: r["metrics"]["auroc_mean"] for r in local_records}
     for r in proc_records:
         assert r["metrics"]["auroc_mean"] == pytest.approx(by_id[r["cell_id"]], abs=1e-6)
+
+
+def test_process_workers_report_starts_and_epoch_progress(env_plugins, tiny_grid_dict, tmp_path):
+    ui = RecordingUI()
+    tiny_grid_dict["heads"] = ["avg"]
+    summary, records = run_with({"name": "process", "options": {"workers": 1, "threads_per_worker": 1}},
+                                env_plugins, tiny_grid_dict, tmp_path, ui=ui)
+    assert summary.ok == 1
+    kinds = [e[0] for e in ui.events]
+    cell_id = records[0]["cell_id"]
+    # the start comes from the worker when it begins the cell, before its progress and its result
+    assert kinds.index("cell_started") < kinds.index("progress") < kinds.index("cell_finished")
+    assert ("cell_started", cell_id) in ui.events
+    phases = {e[1] for e in ui.events if e[0] == "progress"}
+    assert {"epoch 1/2", "epoch 2/2"} <= phases
 
 
 @pytest.mark.slow
