@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,32 @@ def toy_pm():
     from tests.plugins import toy
 
     return build_plugin_manager(plugins=[*builtin_plugins(), ("toy", toy)], entry_points=False)
+
+
+@contextlib.contextmanager
+def cli_with(pm):
+    """An in-process ``cxrbench`` command line using ``pm``: ``invoke(*args) -> click Result``."""
+    from click.testing import CliRunner
+
+    from cxrbench import cli as cli_module
+
+    cli_module.STATE.reset(pm)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
+
+    try:
+        yield invoke
+    finally:
+        cli_module.STATE.reset()
+
+
+@pytest.fixture
+def run_cli(toy_pm):
+    """The command line with the built-in components and the toy plugin."""
+    with cli_with(toy_pm) as invoke:
+        yield invoke
 
 
 @pytest.fixture

@@ -2,21 +2,6 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
-
-from cxrbench import cli as cli_module
-
-
-@pytest.fixture
-def run_cli(toy_pm):
-    cli_module.STATE.reset(toy_pm)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
-
-    yield invoke
-    cli_module.STATE.reset()
 
 
 @pytest.fixture

@@ -17,11 +17,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from scipy.stats import binomtest
 
 import cxrbench.localization as localization
-from cxrbench import cli as cli_module
 from cxrbench.boxes import ThresholdPolicy
 from cxrbench.config import ComponentSpec, TrainSpec, parse_grid
 from cxrbench.data import load_split
@@ -317,18 +315,6 @@ def test_threshold_tuning_reads_validation_boxes_only_and_is_stored(run_toy, tin
 
 
 # --------------------------------------------------------------------------- 4. pictures
-
-
-@pytest.fixture
-def run_cli(toy_pm):
-    cli_module.STATE.reset(toy_pm)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
-
-    yield invoke
-    cli_module.STATE.reset()
 
 
 def pairs_of_first_images(data, count: int) -> dict[str, list[tuple[str, np.ndarray]]]:

@@ -9,7 +9,6 @@ import types
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from rich.console import Console
 
 from cxrbench import cli as cli_module
@@ -41,18 +40,6 @@ def _screen(ui: RichProgress) -> str:
     console = Console(file=io.StringIO(), width=160, color_system=None)
     console.print(ui.bars.get_renderable())
     return console.file.getvalue()
-
-
-@pytest.fixture
-def run_cli(toy_pm):
-    cli_module.STATE.reset(toy_pm)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
-
-    yield invoke
-    cli_module.STATE.reset()
 
 
 def test_make_progress_picks_rich_only_on_a_terminal_when_enabled():

@@ -17,7 +17,6 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from rich.console import Console
 
 import cxrbench
@@ -29,7 +28,7 @@ from cxrbench.metrics import classification_metrics
 from cxrbench.registry import Registry
 from cxrbench.runner import run_grid
 from cxrbench.store import ResultsStore
-from tests.conftest import TINY_GRID, builtin_plugins
+from tests.conftest import TINY_GRID, builtin_plugins, cli_with
 
 ID_KEYS = {"cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status", "metrics"}
 
@@ -57,14 +56,8 @@ def results(pm, tmp_path_factory):
 def run_cli(pm, monkeypatch):
     # a wide console: rich would otherwise cut the table's columns to 80 characters
     monkeypatch.setattr(cli_module, "console", Console(width=400, color_system=None))
-    cli_module.STATE.reset(pm)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli_module.cli, [str(a) for a in args], catch_exceptions=False)
-
-    yield invoke
-    cli_module.STATE.reset()
+    with cli_with(pm) as invoke:
+        yield invoke
 
 
 @pytest.fixture
