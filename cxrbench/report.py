@@ -347,8 +347,21 @@ def _fmt_params(params: Any) -> str:
     return f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
 
 
-def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None) -> Table | None:
-    """One row per (cell, localizer), best IoU first; None when there is no localizer row."""
+COMPACT_LOCALIZATION_KEYS = ("iou_mean", "iobb_mean", "acc_iou@0.3", "hit_rate", "loc_ms_per_image")
+"""The localization columns kept when the full table does not fit the terminal."""
+
+
+def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: str | None = None,
+                       compact: bool = False) -> Table | None:
+    """One row per (cell, localizer), best IoU first; None when there is no localizer row.
+
+    Args:
+        records: leaderboard records.
+        title: the table title.
+        sort_key: metric to sort by (default ``iou_mean``).
+        compact: only the :data:`COMPACT_LOCALIZATION_KEYS` columns (for narrow terminals).
+
+    """
     rows = [r for r in records if r.get("localizer") and r.get("localizer") != "*"]
     if not rows:
         return None
@@ -357,18 +370,26 @@ def localization_table(records: Sequence[dict[str, Any]], title: str, sort_key: 
     table = Table(title=title + _shared_axes_note(rows, axes), title_justify="left", header_style="bold")
     for col in ("#", *axes, "localizer"):
         table.add_column(col, justify="right" if col in ("#", "seed") else "left")
-    for _, label in LOCALIZATION_COLUMNS:
+    columns = [(k, label) for k, label in LOCALIZATION_COLUMNS if not compact or k in COMPACT_LOCALIZATION_KEYS]
+    if compact:
+        table.caption = "narrow terminal: more columns with a wider one, or --format markdown / csv / json"
+    for _, label in columns:
         table.add_column(label, justify="right")
     table.add_column("cell", **CELL_COLUMN)
     for rank, r in enumerate(rows, start=1):
         m = r["metrics"]
         if r.get("localizer_status") == "failed":
             error = escape((r.get("localizer_error") or "")[:50])
-            values = [f"[red]failed[/] {error}"] + [""] * (len(LOCALIZATION_COLUMNS) - 1)
+            values = [f"[red]failed[/] {error}"] + [""] * (len(columns) - 1)
         else:
-            values = [_mean_std(m, key, 1 if key == "loc_ms_per_image" else 3) for key, _ in LOCALIZATION_COLUMNS]
+            values = [_mean_std(m, key, 1 if key == "loc_ms_per_image" else 3) for key, _ in columns]
         table.add_row(str(rank), *_axis_cells(r, axes), escape(str(r["localizer"])), *values, escape(r["cell_id"]))
     return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    """The width ``table`` wants; console.measure() clamps to the terminal and never says "too wide"."""
+    return Measurement.get(console, console.options.update_width(1_000_000), table).maximum
 
 
 def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str | None,
@@ -390,15 +411,15 @@ def render_tables(console: Console, records: Sequence[dict[str, Any]], grid: str
     best = sig["best"] if sig and sig["significant"] else None
     title = f"Classification leaderboard: {name}"
     table = classification_table(records, title, sort_key, best)
-    # measured against unlimited width: console.measure() clamps to the terminal and never says "too wide"
-    natural = Measurement.get(console, console.options.update_width(1_000_000), table).maximum
-    if natural > console.width:
+    if _natural_width(console, table) > console.width:
         # many classes (nih14) or a narrow terminal: the per-class AUROCs get their own table
         console.print(classification_table(records, title, sort_key, best, per_class=False))
         console.print(per_class_table(records, f"Per-class AUROC: {name}", sort_key))
     else:
         console.print(table)
     loc = localization_table(records, f"Localization leaderboard: {name}", sort_key)
+    if loc is not None and _natural_width(console, loc) > console.width:
+        loc = localization_table(records, f"Localization leaderboard: {name}", sort_key, compact=True)
     if loc is not None:
         console.print(loc)
     if sig is not None:

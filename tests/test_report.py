@@ -234,6 +234,8 @@ def test_narrow_console_moves_per_class_auroc_to_its_own_table(records):
     wide, narrow = render(400), render(70)
     assert "Per-class AUROC" not in wide and "Blob" in wide
     assert "Per-class AUROC: tiny" in narrow and "Blob" in narrow
+    # the localization table keeps its core columns instead of cutting every one to "…"
+    assert "Acc@IoU.1" in wide and "Acc@IoU.1" not in narrow and "narrow terminal" in narrow
     # every shared axis (one dataset) is named once in the title instead of on every row
     assert "Classification leaderboard: tiny (dataset toy" in wide.replace("\n", " ")
 
