@@ -35,9 +35,9 @@ from test_metrics_speed import N_BOOT, N_CLASSES, N_IMAGES, predictions  # noqa:
 
 from cxrbench.boxes import ThresholdPolicy
 from cxrbench.errors import CxrbenchError
+from cxrbench.interfaces import Classifier
 from cxrbench.localization import LocalizationRun, score
 from cxrbench.metrics import classification_metrics
-from cxrbench.model import Classifier
 from cxrbench.testing import (
     benchmark_backbone,
     benchmark_head,

@@ -28,8 +28,8 @@ import pytest
 import torch
 from cxrbench_cam.capture import resolve_layer
 
+from cxrbench.interfaces import Classifier
 from cxrbench.manager import build_plugin_manager
-from cxrbench.model import Classifier
 from cxrbench.options import parse_options
 from cxrbench.registry import Registry
 from cxrbench.testing import BenchDevice

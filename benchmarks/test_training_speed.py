@@ -46,9 +46,8 @@ import torch.nn.functional as F
 
 from cxrbench.config import TrainSpec
 from cxrbench.data import PreparedSplit, normalise
-from cxrbench.interfaces import Split, empty_boxes
+from cxrbench.interfaces import Classifier, Split, empty_boxes
 from cxrbench.manager import build_plugin_manager
-from cxrbench.model import Classifier
 from cxrbench.options import parse_options
 from cxrbench.registry import Registry
 from cxrbench.testing import BenchDevice

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .artifacts import DB_NAME
 from .errors import PluginError, UsageError, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2, 3, 4
@@ -163,22 +164,22 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
     Finished cells are skipped (resume); a failing cell is recorded and the grid goes
     on. Exit code 0 when every cell is ok, 1 when some failed, 2 when interrupted.
     """
-    from .config import _component, load_grid
+    from .config import load_grid
+    from .driver import fingerprint_datasets, plan_tasks, run_grid
     from .progress import make_progress
-    from .report import add_plugin_columns, render_tables
-    from .runner import fingerprint_datasets, plan_tasks, run_grid
+    from .reporting import add_plugin_columns, render_tables, rows_from_cells
     from .store import ResultsStore
 
     registry = STATE.registry
     grid = load_grid(grid_file, registry)
-    executor_spec = _component(registry, "executor", _executor_entry(executor), "--executor") if executor else None
+    executor_spec = registry.create("executor", _executor_entry(executor), "--executor") if executor else None
     cache_root = str(cache_dir or results_dir / "cache")
     if dry_run:
         from .grid import expand
 
-        cells = expand(grid, fingerprint_datasets(grid, cache_root, _warn))
+        cells = expand(grid, fingerprint_datasets(cache_root, _warn))
         statuses: dict[str, str] = {}
-        if (results_dir / "cxrbench.sqlite").exists():
+        if (results_dir / DB_NAME).exists():
             with ResultsStore(results_dir) as store:
                 statuses = store.statuses()
                 tasks, _ = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed)
@@ -199,11 +200,11 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         return
     with ResultsStore(results_dir) as store:
         store.acquire_lock(wait=wait)
-        ui = make_progress(console, enabled=not no_progress)
+        display = make_progress(console, enabled=not no_progress)
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
-                           cache_root=cache_root, ui=ui, warn=_warn)
-        records = store.records(grid.name)
-    render_tables(console, add_plugin_columns(records, STATE.pm), grid.name)
+                           cache_root=cache_root, display=display)
+        rows = rows_from_cells(store.cells(grid.name))
+    render_tables(console, add_plugin_columns(rows, STATE.pm), grid.name)
     if summary.interrupted:
         err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)
@@ -234,47 +235,52 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
 @click.option("--top", type=int, default=None, help="Show only the best N rows.")
 @click.option("--significance/--no-significance", default=True, show_default=True,
               help="Paired bootstrap: is the best cell significantly better than the runner-up? (table format)")
+@click.option("--explain", is_flag=True, help="Also print what every column shown means, with its source.")
 def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, group_by: str | None,
                 over: str | None, sort_key: str | None, filters: tuple[str, ...], top: int | None,
-                significance: bool) -> None:
+                significance: bool, explain: bool) -> None:
     """Show the leaderboards of a results directory.
 
-    Classification: mean AUROC with its 95% CI, per-class AUROC, speed and size per
-    cell. Localization: IoU, IoBB, accuracy at T(IoU) / T(IoBB), hit rate and ms/image
-    per cell x localizer. JSON / CSV / Markdown / HTML give one record per (cell,
-    localizer) with the cell's AUROC metrics and that localizer's metrics.
+    Classification: mean AUROC with its confidence interval (the grid's evaluation.ci),
+    per-class AUROC, speed and size per cell. Localization: IoU, IoBB, accuracy at T(IoU) /
+    T(IoBB), hit rate and ms/image per cell x localizer. JSON / CSV / Markdown / HTML give
+    one record per (cell, localizer) with the cell's AUROC metrics, that localizer's metrics
+    and the settings they were computed with, ranked as the tables are. Every column is
+    defined in docs/metrics.md (``--explain`` prints the definitions).
     """
-    from . import report
-    from .store import ResultsStore
+    from . import reporting
 
-    if not (results_dir / "cxrbench.sqlite").exists():
-        raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
-    with ResultsStore(results_dir) as store:
+    with _open_results(results_dir) as store:
         if grid_name is not None and grid_name not in store.grids():
             known = ", ".join(store.grids()) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
-        records = store.records(grid_name)
+        rows = reporting.rows_from_cells(store.cells(grid_name))
     try:
-        records = report.filter_records(records, filters)
+        rows = reporting.filter_rows(rows, filters)
         if over:
             if group_by:
                 raise ValueError("--over and --group-by say the same thing two ways: give one of them")
-            group_by = ",".join(report.axes_except([a.strip() for a in over.split(",") if a.strip()]))
+            group_by = ",".join(reporting.axes_except([a.strip() for a in over.split(",") if a.strip()]))
+        ungrouped = rows
         if group_by:
-            records = report.group_records(records, [a.strip() for a in group_by.split(",") if a.strip()])
+            rows = reporting.group_for_tables(rows, [a.strip() for a in group_by.split(",") if a.strip()])
         if sort_key:
-            report.check_sort_key(records, sort_key)
-            records = report.sort_records(records, sort_key)
-        shown = report.top_records(records, top, sort_key) if top is not None else records
+            reporting.check_sort_key(rows, sort_key)
+        rows = reporting.ranked(rows, sort_key)
+        shown = reporting.top_rows(rows, top, sort_key) if top is not None else rows
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     # the best cell is compared with the runner-up even when --top hides the runner-up
-    sig = report.significance(records, results_dir) if fmt == "table" and significance and not group_by else None
-    records = report.add_plugin_columns(shown, STATE.pm)
+    sig = reporting.significance(ungrouped, results_dir) if fmt == "table" and significance and not group_by \
+        else None
+    shown = reporting.add_plugin_columns(shown, STATE.pm)
     if fmt == "table":
-        report.render_tables(console, records, grid_name, sort_key=sort_key, sig=sig)
+        reporting.render_tables(console, shown, grid_name, sort_key=sort_key, sig=sig)
+        if explain:
+            console.print(reporting.explain_table(shown))
         return
-    text = report.export(records, fmt, sort_key)
+    records = shown
+    text = reporting.export(records, fmt, sort_key)
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(text)
@@ -294,12 +300,9 @@ def report(results_dir: Path, grid_name: str, out: Path) -> None:
 
     Opens without a network connection (images are inlined).
     """
-    from .html_report import build_report
-    from .store import ResultsStore
+    from .reporting.html import build_report
 
-    if not (results_dir / "cxrbench.sqlite").exists():
-        raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
-    with ResultsStore(results_dir) as store:
+    with _open_results(results_dir) as store:
         if grid_name not in store.grids():
             known = ", ".join(store.grids()) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
@@ -326,27 +329,25 @@ def heatmap(results_dir: Path, cell_id: str, localizers: tuple[str, ...], images
 
     One PNG per image, class and localizer. Nothing is retrained.
     """
-    from .heatmap import component_from_config, render_heatmaps
-    from .store import ResultsStore
+    from .heatmap import render_heatmaps
 
     registry = STATE.registry
-    with ResultsStore(results_dir) as store:
-        matches = [c for c in store.statuses() if c.startswith(cell_id)]
-        if len(matches) != 1:
-            raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {results_dir}")
+    with _open_results(results_dir) as store:
+        found = store.resolve(cell_id)
         if localizers:
-            specs = [component_from_config(registry, "localizer", {"name": n}, f"--localizer {n}") for n in localizers]
+            specs = [registry.create("localizer", n, f"--localizer {n}") for n in localizers]
         else:
             entries: list = []
-            for grid in store.grids():
-                if any(r["cell_id"] == matches[0] for r in store.cells(grid)):
-                    entries = (store.grid_spec(grid) or {}).get("localizers") or []
+            for grid in store.grids_of().get(found, []):
+                entries = (store.grid_spec(grid) or {}).get("localizers") or []
+                if entries:
                     break
-            specs = [component_from_config(registry, "localizer", e, f"localizers[{i}]") for i, e in enumerate(entries)]
+            specs = [registry.create("localizer", e, f"localizers[{i}]", allow_threshold=True)
+                     for i, e in enumerate(entries)]
             if not specs:
                 raise UsageError("the cell's grid has no localizers; name one with --localizer")
-        folder = out_dir or store.cell_dir(matches[0]) / "heatmaps"
-        paths = render_heatmaps(store, registry, matches[0], specs, folder, split=split, images=list(images) or None,
+        folder = out_dir or store.artifacts(found).heatmaps
+        paths = render_heatmaps(store, registry, found, specs, folder, split=split, images=list(images) or None,
                                 count=count)
     console.print(f"wrote {len(paths)} pictures to {folder}", highlight=False)
 
@@ -358,20 +359,22 @@ def show(results_dir: Path, cell_id: str) -> None:
     """Show one cell's record: config, metrics, and the traceback if it failed."""
     import json
 
-    from .store import ResultsStore
+    from .records import json_safe
 
-    with ResultsStore(results_dir) as store:
-        matches = [c for c in store.statuses() if c.startswith(cell_id)]
-        if len(matches) != 1:
-            raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {results_dir}")
-        cell = store.cell(matches[0])
+    with _open_results(results_dir) as store:
+        cell = store.cell(store.resolve(cell_id))
     assert cell is not None
-    console.print(f"[bold]cell {cell['cell_id']}[/] {cell['dataset']} / {cell['backbone']} / {cell['head']} / "
-                  f"seed {cell['seed']}: {cell['status']}", highlight=False)
-    console.print_json(json.dumps({"config": cell["config"], "metrics": cell["metrics"]}, default=str))
-    if cell["traceback"]:
+    a = cell.axes
+    console.print(f"[bold]cell {escape(cell.cell_id)}[/] {escape(a.dataset)} / {escape(a.backbone)} / "
+                  f"{escape(a.head)} / seed {a.seed}: {cell.status}", highlight=False)
+    console.print_json(json.dumps(json_safe({"config": cell.config, "metrics": cell.metrics,
+                                             "provenance": cell.provenance.to_json()}), default=str))
+    for loc in cell.localizations:
+        state = "[green]ok[/]" if loc.ok else f"[red]failed[/] {escape(loc.error or '')}"
+        console.print(f"localizer {escape(loc.name)} ({loc.key}): {state}", highlight=False)
+    if cell.traceback:
         console.print("[red]traceback:[/]")
-        console.print(cell["traceback"], highlight=False, markup=False)
+        console.print(cell.traceback, highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -431,7 +434,7 @@ def list_components(kind: str) -> None:
         opts = ", ".join(_describe_field(f) for f in fields)
         table.add_row(name, provider, cls.describe(), opts or "-")
     console.print(table)
-    families = [cls for cls, _ in registry._families[component_kind]]
+    families = registry.families(component_kind)
     for cls in families:
         console.print(f"[dim]{cls.NAME}: {cls.describe()} — any matching name is accepted.[/]", highlight=False)
 
@@ -458,13 +461,13 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 
     from .config import load_grid
     from .data import prepare_split
-    from .runner import build_dataset, input_size
+    from .pipeline import input_size, open_dataset
 
     grid = load_grid(grid_file, STATE.registry)
     cache_root = cache_dir or results_dir / "cache"
     failures = 0
     for spec in grid.datasets:
-        dataset = build_dataset(spec, cache_root, _warn)
+        dataset = open_dataset(spec, cache_root, _warn)
         size = input_size(grid.train, dataset)
         unknown = [name for name in splits if name not in dataset.split_names]
         if unknown:  # before decoding anything, not after the splits listed first
@@ -490,6 +493,15 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _open_results(results_dir: Path) -> Any:
+    """The results store of ``results_dir`` for reading; one line when there is none yet."""
+    from .store import ResultsStore
+
+    if not (results_dir / DB_NAME).exists():
+        raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
+    return ResultsStore(results_dir)
 
 
 def _executor_entry(text: str) -> Any:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError, join_key
-from .options import options_to_dict, parse_options
-from .registry import Registry
+from .options import parse_options
+from .registry import ComponentSpec, Registry, parse_threshold
 
 GRID_KEYS = {
     "name": "grid name; results are grouped by it",
@@ -144,12 +144,16 @@ class EvaluationSpec:
         ci: confidence level of the intervals.
         bootstrap_seed: seed of the resampling (same resamples for every cell, so cells
             can be compared pairwise).
+        cutoff: the per-class classification cut-off rule, chosen on validation and
+            applied to test: ``youden`` (maximise Youden's J = TPR - FPR) or ``seed`` (the
+            seed project's point where TPR is closest to 1 - FPR).
 
     """
 
     bootstrap: int = 1000
     ci: float = 0.95
     bootstrap_seed: int = 0
+    cutoff: Literal["youden", "seed"] = "youden"
 
     def validate(self) -> None:
         if self.bootstrap < 0:
@@ -196,45 +200,6 @@ class LocalizationSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ComponentSpec:
-    """One resolved component choice: kind, grid name, class and validated options."""
-
-    kind: str
-    name: str
-    cls: type = dataclasses.field(compare=False, repr=False)
-    options: Any = None
-    path: str = ""
-    threshold: dict | None = None  # localizers only
-
-    def options_dict(self) -> dict[str, Any]:
-        """Options as plain JSON-friendly values."""
-        return options_to_dict(self.options)
-
-    def key(self) -> dict[str, Any]:
-        """What identifies this choice (name + options) in a cell id."""
-        out: dict[str, Any] = {"name": self.name, "options": self.options_dict()}
-        if self.threshold is not None:
-            out["threshold"] = self.threshold
-        return out
-
-    def label(self) -> str:
-        """Short display name: the name, plus non-default options."""
-        defaults = options_to_dict(type(self.options)()) if _has_all_defaults(type(self.options)) else {}
-        changed = {k: v for k, v in self.options_dict().items() if defaults.get(k, object()) != v}
-        if not changed:
-            return self.name
-        inner = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
-        return f"{self.name}[{inner}]"
-
-
-def _has_all_defaults(options_cls: type) -> bool:
-    return all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(options_cls)
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class GridSpec:
     """A validated grid: everything a run needs, nothing left to look up."""
 
@@ -271,38 +236,6 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError("", f"invalid YAML: {where}{problem}", source=str(path)) from None
 
 
-def _component(registry: Registry, kind: str, entry: Any, path: str, *, allow_threshold: bool = False) -> ComponentSpec:
-    threshold = None
-    if isinstance(entry, str):
-        name, raw_options = entry, {}
-    elif isinstance(entry, dict):
-        allowed = {"name", "options"} | ({"threshold"} if allow_threshold else set())
-        unknown = sorted(set(entry) - allowed)
-        if unknown:
-            raise ConfigError(
-                join_key(path, unknown[0]), f"unknown key; a {kind} entry has keys: {', '.join(sorted(allowed))}"
-            )
-        if "name" not in entry:
-            raise ConfigError(path, f"a {kind} entry needs a 'name'")
-        name, raw_options = entry["name"], entry.get("options") or {}
-        if allow_threshold and entry.get("threshold") is not None:
-            threshold = _threshold(entry["threshold"], f"{path}.threshold")
-    else:
-        raise ConfigError(path, f"expected a {kind} name or a mapping with 'name' and 'options', got {entry!r}")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path}.name" if isinstance(entry, dict) else path, f"expected a {kind} name, got {name!r}")
-    cls = registry.get(kind, name, path)
-    options = parse_options(cls.Options, raw_options, f"{path}.options", f"{kind} '{name}'")
-    return ComponentSpec(kind=kind, name=name, cls=cls, options=options, path=path, threshold=threshold)
-
-
-def _threshold(raw: Any, path: str) -> dict[str, Any]:
-    from .boxes import ThresholdPolicy
-
-    policy = parse_options(ThresholdPolicy, raw, path, "threshold policy")
-    return options_to_dict(policy)
-
-
 def _axis(registry: Registry, raw: dict, key: str, kind: str, *, required: bool = True, **kw: Any) -> tuple:
     value = raw.get(key)
     if value is None:
@@ -315,7 +248,7 @@ def _axis(registry: Registry, raw: dict, key: str, kind: str, *, required: bool 
         raise ConfigError(key, f"expected a list of {kind}s, got {value!r}")
     if required and not value:
         raise ConfigError(key, f"empty; list at least one {kind}")
-    specs = tuple(_component(registry, kind, entry, f"{key}[{i}]", **kw) for i, entry in enumerate(value))
+    specs = tuple(registry.create(kind, entry, f"{key}[{i}]", **kw) for i, entry in enumerate(value))
     seen: dict[tuple, int] = {}
     for i, spec in enumerate(specs):
         ident = (spec.name, repr(spec.key()))
@@ -385,11 +318,11 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
     localization = parse_options(LocalizationSpec, raw.get("localization"), "localization", "localization")
     if localization.threshold is not None:
         localization = dataclasses.replace(
-            localization, threshold=_threshold(localization.threshold, "localization.threshold")
+            localization, threshold=parse_threshold(localization.threshold, "localization.threshold")
         )
 
     executor_raw = raw.get("executor", "local")
-    executor = _component(registry, "executor", executor_raw, "executor")
+    executor = registry.create("executor", executor_raw, "executor")
 
     exclude = raw.get("exclude") or []
     if not isinstance(exclude, list):

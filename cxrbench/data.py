@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .grid import stable_digest
-from .interfaces import Dataset, Split
-from .model import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD
+from .interfaces import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, Dataset, Split
 
 CACHE_FORMAT = 1
 

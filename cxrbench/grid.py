@@ -17,8 +17,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .config import ComponentSpec, GridSpec
+from .config import GridSpec
 from .options import options_to_dict
+from .registry import ComponentSpec
 
 ID_LENGTH = 12
 
@@ -60,19 +61,32 @@ def localizer_key(spec: ComponentSpec, default_threshold: dict | None) -> str:
 
 SPEED_ONLY_TRAIN_KEYS = frozenset({"num_workers"})
 
+ID_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"evaluation": {"cutoff": "youden"}}
+"""Settings added after results stores existed: at these values they are left out of a
+cell's id, so the cells of an older store are still found (their numbers were computed
+with exactly these values)."""
+
+
+def _id_block(block: str, values: dict[str, Any]) -> dict[str, Any]:
+    neutral = ID_NEUTRAL_DEFAULTS.get(block, {})
+    return {k: v for k, v in values.items() if not (k in neutral and neutral[k] == v)}
+
 
 def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec, head: ComponentSpec, seed: int,
                 data_fingerprint: str) -> dict[str, Any]:
     """The resolved configuration that defines a cell (and so its id)."""
+    neutral = getattr(dataset.cls, "NEUTRAL_OPTIONS", frozenset())
+    # options that change how files are reached, never which data is read (e.g. follow_symlinks)
+    dataset_key = {**dataset.key(), "options": {k: v for k, v in dataset.options_dict().items() if k not in neutral}}
     return {
-        "dataset": dataset.key(),
+        "dataset": dataset_key,
         "data_fingerprint": data_fingerprint,
         "backbone": backbone.key(),
         "head": head.key(),
         "seed": seed,
         # decoding threads change speed, never results: a new value must not retrain finished cells
         "train": {k: v for k, v in options_to_dict(grid.train).items() if k not in SPEED_ONLY_TRAIN_KEYS},
-        "evaluation": options_to_dict(grid.evaluation),
+        "evaluation": _id_block("evaluation", options_to_dict(grid.evaluation)),
     }
 
 

@@ -14,36 +14,27 @@ import cv2
 import numpy as np
 import torch
 
-from .config import ComponentSpec
 from .errors import UsageError
 from .options import parse_options
-
-
-def component_from_config(registry: Any, kind: str, entry: dict[str, Any], path: str) -> ComponentSpec:
-    """A ComponentSpec from a stored ``{name, options}`` entry of a cell config."""
-    cls = registry.get(kind, entry["name"], path)
-    options = parse_options(cls.Options, entry.get("options") or {}, f"{path}.options", f"{kind} '{entry['name']}'")
-    return ComponentSpec(kind, entry["name"], cls, options, path, entry.get("threshold"))
+from .registry import ComponentSpec
 
 
 def load_cell(store: Any, registry: Any, cell_id: str, device: torch.device | None = None) -> tuple[Any, Any, Any]:
-    """(dataset, trained classifier in eval mode, stored cell record) of a finished cell."""
+    """(dataset, trained classifier in eval mode, stored CellResult) of a finished cell."""
     from .config import TrainSpec
-    from .runner import build_dataset, build_model, input_size
+    from .interfaces import Classifier
+    from .pipeline import input_size, open_dataset
 
-    matches = [c for c in store.statuses() if c.startswith(cell_id)]
-    if len(matches) != 1:
-        raise UsageError(f"{'no' if not matches else 'several'} cells match {cell_id!r} in {store.root}")
-    cell = store.cell(matches[0])
-    if cell["status"] != "ok":
-        raise UsageError(f"cell {cell['cell_id']} did not finish ok ({cell['error']})")
-    checkpoint = store.cell_dir(cell["cell_id"]) / "best.pt"
+    cell = store.cell(store.resolve(cell_id))
+    if cell.status != "ok":
+        raise UsageError(f"cell {cell.cell_id} did not finish ok ({cell.error})")
+    checkpoint = store.artifacts(cell.cell_id).best
     if not checkpoint.exists():
-        raise UsageError(f"cell {cell['cell_id']} has no checkpoint at {checkpoint}")
-    config = cell["config"]
-    dataset = build_dataset(component_from_config(registry, "dataset", config["dataset"], "dataset"))
-    model = build_model(component_from_config(registry, "backbone", config["backbone"], "backbone"),
-                        component_from_config(registry, "head", config["head"], "head"), list(dataset.classes))
+        raise UsageError(f"cell {cell.cell_id} has no checkpoint at {checkpoint}")
+    config = cell.config
+    dataset = open_dataset(registry.create("dataset", config["dataset"], "dataset"))
+    model = Classifier.build(registry.create("backbone", config["backbone"], "backbone"),
+                             registry.create("head", config["head"], "head"), list(dataset.classes))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     device = device or torch.device("cpu")
@@ -61,13 +52,17 @@ def scored_policy(store: Any, cell_id: str, spec: ComponentSpec) -> dict[str, An
     """
     from .grid import localizer_key
 
-    for record in store.records():
-        if record["cell_id"] != cell_id or record.get("localizer_status") != "ok":
+    cell = store.cell(cell_id)
+    if cell is None:
+        return None
+    grids = store.grids_of().get(cell_id, [])
+    for loc in cell.localizations:
+        policy = loc.settings.get("policy")
+        if not loc.ok or not policy:
             continue
-        policy = (record.get("localizer_settings") or {}).get("policy")
-        for grid in filter(None, (record.get("grid") or "").split(",")):
+        for grid in grids:
             default = ((store.grid_spec(grid) or {}).get("localization") or {}).get("threshold")
-            if policy and record["localizer_key"] == localizer_key(spec, default):
+            if loc.key == localizer_key(spec, default):
                 return policy
     return None
 
@@ -135,11 +130,11 @@ def render_heatmaps(
         localizer = spec.cls(spec.options)
         reason = localizer.unsupported_reason(model)
         if reason:
-            raise UsageError(f"localizer '{spec.name}' cannot explain cell {cell['cell_id']}: {reason}")
+            raise UsageError(f"localizer '{spec.name}' cannot explain cell {cell.cell_id}: {reason}")
         if threshold:
             policy = parse_options(ThresholdPolicy, threshold, "threshold", f"localizer '{spec.name}'")
         else:
-            scored = scored_policy(store, cell["cell_id"], spec)
+            scored = scored_policy(store, cell.cell_id, spec)
             policy = (parse_options(ThresholdPolicy, scored, "threshold", f"localizer '{spec.name}'") if scored
                       else resolve_policy(spec.cls, spec.threshold, None))
         run = compute_maps(model, localizer, data, batch_size=8, device=torch.device("cpu"))

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     import click
 
     from .config import GridSpec
+    from .events import CellReporter
     from .grid import Cell
-    from .runner import CellResult, CellTask
+    from .records import CellResult
+    from .tasks import CellTask
 
 hookspec = pluggy.HookspecMarker("cxrbench")
 
@@ -103,15 +105,19 @@ def cxrbench_cells_collected(grid: GridSpec, cells: list[Cell], pending: list[Ce
 
 
 @hookspec(firstresult=True)
-def cxrbench_run_cell(task: CellTask) -> CellResult | None:
+def cxrbench_run_cell(task: CellTask, reporter: CellReporter) -> CellResult | None:
     """Run one cell and return its result; the first non-None answer wins.
 
     Called in whichever process the executor runs the cell in. The core's own
     implementation (train, evaluate, localize) is registered ``trylast``; a plugin can
-    take over a cell (e.g. to load results from elsewhere) by returning a result.
+    take over a cell (e.g. to load results from elsewhere) by returning a result. An
+    answer that is not a :class:`cxrbench.records.CellResult` for ``task``'s cell fails
+    the cell with a message (it never reaches the store).
 
     Args:
         task: the cell, its resolved config and where its artifacts go.
+        reporter: where to report progress (``reporter.progress(Progress(...))``) and
+            one-line warnings (``reporter.warning(text)``).
 
     """
 
@@ -124,7 +130,7 @@ def cxrbench_cell_finished(task: CellTask, result: CellResult) -> None:
 
     Args:
         task: the cell that finished.
-        result: its record, ``status`` ``ok`` or ``failed``.
+        result: its :class:`cxrbench.records.CellResult`, ``status`` ``ok`` or ``failed``.
 
     """
 
@@ -137,7 +143,9 @@ def cxrbench_leaderboard_columns(records: list[dict[str, Any]]) -> Any:
     """Add columns to leaderboards.
 
     Args:
-        records: the leaderboard rows (dicts with ``metrics`` and the cell's axes).
+        records: the leaderboard rows in their exported JSON form
+            (``cxrbench.reporting.LeaderboardRow.to_json``: the axes, ``metrics``, ``info``,
+            ``provenance``, the localizer's status and settings).
 
     Returns:
         A mapping ``{column name: list of values, one per record}``, or None.

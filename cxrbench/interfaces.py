@@ -20,16 +20,13 @@ import abc
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
 from .options import NoOptions
-
-if TYPE_CHECKING:
-    from .model import Classifier
 
 BOX_COLUMNS = ("index", "class_index", "x", "y", "w", "h")
 """Columns of a split's box table: row of the image in the split, class, x/y/w/h in pixels."""
@@ -262,24 +259,86 @@ class Localizer(Component, abc.ABC):
         """
 
 
+IMAGENET_GREY_MEAN = 0.449
+"""Mean of ImageNet's RGB means: the grey-image equivalent used to normalise inputs."""
+IMAGENET_GREY_STD = 0.226
+"""Mean of ImageNet's RGB standard deviations."""
+
+
+class Classifier(nn.Module):
+    """``backbone`` -> feature map -> ``head`` -> logits (and optional logit maps).
+
+    Inputs are ``N x 1 x H x W`` grey images already normalised with
+    :data:`IMAGENET_GREY_MEAN` / :data:`IMAGENET_GREY_STD` (the data pipeline does it
+    on the device, batch-wise).
+
+    Attributes:
+        backbone: the feature extractor.
+        head: the pooling head.
+        classes: class names, in logit order.
+
+    """
+
+    def __init__(self, backbone: Backbone, head: PoolingHead, classes: list[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.classes = list(classes)
+
+    @classmethod
+    def build(cls, backbone: Any, head: Any, classes: Sequence[str]) -> Classifier:
+        """Backbone + pooling head for ``classes``, from their component specs (``spec.build``)."""
+        net = backbone.build()
+        return cls(net, head.build(net.num_features, len(classes)), list(classes))
+
+    @property
+    def default_target_layer(self) -> str:
+        """Dotted path (from this model) of the layer gradient localizers hook by default."""
+        return f"backbone.{self.backbone.target_layer}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images -> logits ``N x K``."""
+        logits, _ = self.head(self.backbone.forward_features(x))
+        return logits
+
+    def forward_maps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Images -> (logits ``N x K``, feature map ``N x C x h x w``, logit map or None)."""
+        fmap = self.backbone.forward_features(x)
+        logits, logit_map = self.head(fmap)
+        return logits, fmap, logit_map
+
+
 # --------------------------------------------------------------------------- executors
 
 
 class Executor(Component, abc.ABC):
-    """Runs cell tasks and hands each result back to the single writer of the store."""
+    """Runs cell tasks and hands each result back to the single writer of the store.
+
+    The contract, for every executor:
+
+    * ``run`` calls ``on_result`` exactly once per task, in THIS process, with a
+      :class:`cxrbench.records.CellResult` (a worker that dies yields a failed result made
+      with ``cxrbench.api.failed_result``; it never ends the run).
+    * Each task runs as ``cxrbench.api.execute_cell(task, events)``, which never raises for
+      a failing cell, wherever it runs (a worker process, a Ray task, a Slurm job).
+    * ``events`` (a :class:`cxrbench.events.RunEvents`) receives ``cell_started`` when a
+      task begins, and every ``progress`` and ``warning`` of the cells: an executor whose
+      cells run elsewhere relays them to this process (``cxrbench.events.QueueEvents``
+      and ``Event.deliver`` do it through any queue).
+    * ``KeyboardInterrupt`` stops the run: cancel what is queued, end the workers, re-raise.
+    """
 
     def __init__(self, options: Any) -> None:
         self.options = options
 
     @abc.abstractmethod
-    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None]) -> None:
-        """Run every task and call ``on_result`` in THIS process for each result.
+    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], events: Any) -> None:
+        """Run every task; call ``on_result`` in this process once per task, as results arrive.
 
         Args:
-            tasks: picklable ``cxrbench.runner.CellTask`` objects.
-            on_result: the store writer; call it once per task, as results arrive.
-                Tasks are run with ``cxrbench.runner.execute_cell(task)``, which never
-                raises for a failing cell (the failure is in the result).
+            tasks: picklable :class:`cxrbench.tasks.CellTask` objects.
+            on_result: the store writer, called with each task's ``CellResult``.
+            events: the run's :class:`cxrbench.events.RunEvents`.
 
         """
 

@@ -24,8 +24,7 @@ from .boxes import (
     tune_policy,
 )
 from .data import BatchLoader, PreparedSplit
-from .interfaces import Localizer
-from .model import Classifier
+from .interfaces import Classifier, Localizer
 from .options import options_to_dict, parse_options
 
 

@@ -165,11 +165,11 @@ def build_plugin_manager(
     """
     pm = PluginManager()
     if core:
-        from . import runner
+        from . import pipeline
 
         pm.register_plugin(
-            runner.CorePlugin(),
-            PluginInfo("cxrbench.core", CORE_DISTRIBUTION, _core_version(), True, runner.__name__),
+            pipeline.CorePlugin(),
+            PluginInfo("cxrbench.core", CORE_DISTRIBUTION, _core_version(), True, pipeline.__name__),
         )
     if entry_points:
         pm.load_entry_points()
@@ -183,6 +183,26 @@ def build_plugin_manager(
         pm.trace.root.setwriter(_trace_writer)
         pm.enable_tracing()
     return pm
+
+
+_current: PluginManager | None = None
+
+
+def current_plugin_manager() -> PluginManager:
+    """The plugin manager of this process: the one the CLI set, else one built from entry points.
+
+    Worker processes and Ray tasks build theirs on first use, from the installed plugins.
+    """
+    global _current
+    if _current is None:
+        _current = build_plugin_manager()
+    return _current
+
+
+def set_plugin_manager(pm: PluginManager | None) -> None:
+    """Use ``pm`` for everything this process runs (the CLI and tests call this)."""
+    global _current
+    _current = pm
 
 
 def _core_version() -> str:

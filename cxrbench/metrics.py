@@ -559,13 +559,14 @@ def classification_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    cutoff: str = "youden",
 ) -> dict[str, float]:
     """Every classification number of one cell, as a flat ``{key: float}`` for the store.
 
     Keys: ``auroc_mean`` (mean over classes with an AUROC), ``auroc/<Class>``; with
     ``n_boot > 0`` also ``auroc_ci_low``, ``auroc_ci_high`` (interval of the mean) and
     ``auroc_ci_low/<Class>``, ``auroc_ci_high/<Class>``. With validation data, cut-offs are
-    chosen on validation by Youden's J and applied to test: ``threshold/<Class>``,
+    chosen on validation by the ``cutoff`` rule and applied to test: ``threshold/<Class>``,
     ``sensitivity/<Class>``, ``specificity/<Class>``, ``precision/<Class>``,
     ``f1/<Class>``, ``accuracy/<Class>``, their means over classes (``sensitivity_mean``,
     ``specificity_mean``, ``precision_mean``, ``f1_mean``, ``accuracy_mean``, NaN-skipping)
@@ -580,7 +581,9 @@ def classification_metrics(
         groups: patient id per TEST image for a patient-level bootstrap; None for images.
         n_boot: bootstrap replicates; 0 disables the interval.
         seed: bootstrap seed.
-        ci: interval coverage.
+        ci: interval coverage (e.g. 0.95 for 95% intervals).
+        cutoff: the rule choosing each class's cut-off on validation: ``youden``
+            (maximise TPR - FPR) or ``seed`` (the seed project's TPR closest to 1 - FPR).
 
     Returns:
         The flat metric dict.
@@ -606,7 +609,9 @@ def classification_metrics(
         y_val, s_val = _as_2d(y_true_val, y_score_val)
         if y_val.shape[1] != y.shape[1]:
             raise ValueError(f"validation has {y_val.shape[1]} classes, test has {y.shape[1]}")
-        thresholds = youden_thresholds(y_val, s_val)
+        if cutoff not in CUTOFF_RULES:
+            raise ValueError(f"cutoff must be one of {sorted(CUTOFF_RULES)}, got {cutoff!r}")
+        thresholds = CUTOFF_RULES[cutoff](y_val, s_val)
         scores = threshold_metrics(y, s, thresholds)
         out.update(_per_class("threshold", names, thresholds))
         for key in ("sensitivity", "specificity", "precision", "f1", "accuracy"):
@@ -614,6 +619,10 @@ def classification_metrics(
             out[f"{key}_mean"] = float(_nanmean_rows(scores[key][None, :])[0])
         out["hamming_loss"] = float(scores["hamming_loss"])
     return out
+
+
+CUTOFF_RULES = {"youden": youden_thresholds, "seed": seed_thresholds}
+"""Classification cut-off rules by name (``evaluation.cutoff``)."""
 
 
 def _per_class(prefix: str, names: Sequence[str], values: np.ndarray) -> dict[str, float]:

@@ -5,16 +5,15 @@ The rich display shows cells done / total with an ETA and the current cell's pha
 ``--no-progress``, plain lines are printed instead: one when a cell starts, one per phase
 (``epoch 2/5``, ``predict``, ...) and one when it finishes, with counts and the ETA.
 
-Both receive the same calls from :func:`cxrbench.runner.run_grid`: ``start``,
-``cell_started``, ``progress(phase, done, total)`` (from the training loop, prediction and
-localization, through the executor), ``cell_finished`` and ``stop``.
+Both are :class:`cxrbench.driver.RunDisplay` implementations: they receive the run's
+events (cell started, structured :class:`~cxrbench.events.Progress`, warnings) from the
+executor, and ``start`` / ``cell_finished`` / ``stop`` from the driver.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -23,12 +22,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column
 from rich.text import Text
 
-_EPOCH = re.compile(r"epoch (\d+)/(\d+)")
+from .driver import RunDisplay
+from .errors import one_line
+from .events import Progress as CellProgress
+from .records import CellResult
 
 
-def _cell_line(cell: Any) -> str:
-    axes = cell.axes
-    return f"{axes['dataset']} / {axes['backbone']} / {axes['head']} / seed {axes['seed']}"
+def cell_line(axes: Any) -> str:
+    """``dataset / backbone / head / seed N`` of a cell's axes."""
+    return f"{axes.dataset} / {axes.backbone} / {axes.head} / seed {axes.seed}"
+
+
+def phase_text(progress: CellProgress) -> str:
+    """The phase with its live figures: ``train epoch 2/5 loss 0.412 val AUROC 0.803``."""
+    text = progress.label()
+    if progress.loss is not None:
+        text += f" loss {progress.loss:.3f}"
+    if progress.val_auroc is not None and progress.val_auroc == progress.val_auroc:
+        text += f" val AUROC {progress.val_auroc:.3f}"
+    return text
 
 
 def format_eta(seconds: float | None) -> str:
@@ -68,12 +80,12 @@ class EtaEstimate:
         self.started_at = self.last_finish = self.clock()
         self.train_fraction = 0.0
 
-    def progress(self, phase: str, done: int, total: int) -> None:
+    def progress(self, progress: CellProgress) -> None:
         """Note the current cell's training progress (other phases are ignored)."""
-        match = _EPOCH.fullmatch(phase)
-        if match and total > 0:
-            epoch, epochs = int(match.group(1)), int(match.group(2))
-            self.train_fraction = min(1.0, ((epoch - 1) + done / total) / max(epochs, 1))
+        if progress.phase == "train":
+            fraction = progress.fraction()
+            if fraction is not None:
+                self.train_fraction = fraction
 
     def cell_finished(self) -> None:
         """One more cell is done."""
@@ -97,7 +109,7 @@ class EtaEstimate:
         return None
 
 
-class PlainProgress:
+class PlainProgress(RunDisplay):
     """Line-by-line progress for logs and non-terminals.
 
     Args:
@@ -112,42 +124,48 @@ class PlainProgress:
         self.done = 0
         self.started = 0
         self.pending = 0
-        self.last_phase = ""
+        self.labels: Mapping[str, str] = {}
+        self.last_phase: dict[str, str] = {}
 
     def _line(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    def start(self, total: int, pending: int, skipped: int) -> None:
+    def start(self, total: int, pending: int, skipped: int, labels: Mapping[str, str] | None = None) -> None:
         self.pending = pending
+        self.labels = labels or {}
         self.eta.start(pending)
         self._line(f"{total} cells: {pending} to run, {skipped} already in the store")
 
-    def cell_started(self, cell: Any) -> None:
+    def cell_started(self, cell_id: str, worker: str | None = None) -> None:
         # counted separately from ``done``: a parallel executor starts several cells before one finishes
         self.started += 1
-        self.last_phase = ""
-        self._line(f"[{self.started}/{self.pending}] start {cell.cell_id} {_cell_line(cell)}")
+        self.last_phase[cell_id] = ""
+        self._line(f"[{self.started}/{self.pending}] start {cell_id} {self.labels.get(cell_id, '')}".rstrip())
 
-    def progress(self, phase: str, done: int, total: int) -> None:
-        self.eta.progress(phase, done, total)
-        if phase != self.last_phase:
-            # one line per phase, not per batch: logs stay readable over days-long grids
-            self.last_phase = phase
-            self._line(f"    {phase} ({total} steps)" if total > 1 else f"    {phase}")
+    def progress(self, cell_id: str, progress: CellProgress) -> None:
+        self.eta.progress(progress)
+        phase = progress.label()
+        if phase != self.last_phase.get(cell_id):
+            # one line per phase (and per epoch), not per batch: logs stay readable over days-long grids
+            self.last_phase[cell_id] = phase
+            steps = f" ({progress.total} steps)" if progress.total > 1 else ""
+            self._line(f"    {cell_id[:8]} {phase}{steps}")
+        if progress.epoch_end:
+            self._line(f"    {cell_id[:8]} {phase_text(progress)}")
 
-    def cell_finished(self, cell: Any, result: dict[str, Any]) -> None:
+    def warning(self, cell_id: str | None, message: str) -> None:
+        where = f"cell {cell_id}: " if cell_id else ""
+        self._line(f"warning: {where}{one_line(message)}")
+
+    def cell_finished(self, result: CellResult) -> None:
         self.done += 1
         self.eta.cell_finished()
-        status = result["status"]
-        auroc = result.get("metrics", {}).get("auroc_mean")
-        detail = f"auroc_mean={auroc:.3f}" if isinstance(auroc, float) else (result.get("error") or "")
-        seconds = result.get("info", {}).get("duration_s", 0.0)
+        auroc = result.metrics.get("auroc_mean")
+        detail = f"auroc_mean={auroc:.3f}" if isinstance(auroc, float) and auroc == auroc else (result.error or "")
+        seconds = result.info.get("duration_s", 0.0)
         eta = f", eta {format_eta(self.eta.seconds())}" if self.done < self.pending else ""
-        self._line(f"[{self.done}/{self.pending}] {status} {cell.cell_id} in {seconds:.0f}s {detail} "
+        self._line(f"[{self.done}/{self.pending}] {result.status} {result.cell_id} in {seconds:.0f}s {detail} "
                    f"({self.done} of {self.pending} done{eta})")
-
-    def stop(self) -> None:
-        pass
 
 
 class _EtaColumn(ProgressColumn):
@@ -181,7 +199,7 @@ class _LabelColumn(TextColumn):
         return Column(no_wrap=True, overflow="ellipsis", max_width=max(20, self.console.width - self.reserved))
 
 
-class RichProgress:
+class RichProgress(RunDisplay):
     """Live display: overall cells bar (done / total, ETA) and the current cell's phase bar.
 
     Args:
@@ -209,10 +227,13 @@ class RichProgress:
         self.overall: Any = None
         self.current: Any = None
         self.cell_label = ""
+        self.followed = ""
+        self.labels: Mapping[str, str] = {}
         self._phase = ""
         self._last_update = 0.0
 
-    def start(self, total: int, pending: int, skipped: int) -> None:
+    def start(self, total: int, pending: int, skipped: int, labels: Mapping[str, str] | None = None) -> None:
+        self.labels = labels or {}
         if skipped:
             self.console.print(f"{skipped} of {total} cells already in the store (resumed)", highlight=False)
         self.eta.start(pending)
@@ -220,30 +241,39 @@ class RichProgress:
         self.overall = self.bars.add_task(f"cells ({total} in grid)", total=pending, phase="")
         self.current = self.bars.add_task("", total=1, visible=False, phase="")
 
-    def cell_started(self, cell: Any) -> None:
-        self.cell_label = f"  {cell.cell_id} {_cell_line(cell)}"
+    def cell_started(self, cell_id: str, worker: str | None = None) -> None:
+        # the display follows the cell that started last (parallel executors run several)
+        self.followed = cell_id
+        self.cell_label = f"  {cell_id} {self.labels.get(cell_id, '')}".rstrip()
         self._phase = ""
         self.bars.reset(self.current, description=self.cell_label, total=1, visible=True, phase="")
 
-    def progress(self, phase: str, done: int, total: int) -> None:
-        self.eta.progress(phase, done, total)
+    def progress(self, cell_id: str, progress: CellProgress) -> None:
+        if cell_id != self.followed:
+            return
+        self.eta.progress(progress)
+        phase, done, total = phase_text(progress), progress.done, progress.total
         now = time.monotonic()
-        if phase == self._phase and done not in (0, total) and now - self._last_update < 0.1:
+        if progress.label() == self._phase and done not in (0, total) and now - self._last_update < 0.1:
             return  # keep the display cheap: at most ~10 updates a second, but never miss a new phase
-        self._last_update, self._phase = now, phase
+        self._last_update, self._phase = now, progress.label()
         self.bars.update(self.current, description=self.cell_label, phase=phase, completed=done,
                          total=max(total, 1), visible=True)
 
-    def cell_finished(self, cell: Any, result: dict[str, Any]) -> None:
+    def warning(self, cell_id: str | None, message: str) -> None:
+        where = f"cell {cell_id}: " if cell_id else ""
+        self.console.print(f"[yellow]warning:[/] {escape(where + one_line(message))}", highlight=False)
+
+    def cell_finished(self, result: CellResult) -> None:
         self.eta.cell_finished()
-        status = result["status"]
-        auroc = result.get("metrics", {}).get("auroc_mean")
-        if status == "ok":
-            detail = f"[green]ok[/] auroc_mean={auroc:.3f}" if isinstance(auroc, float) else "[green]ok[/]"
+        auroc = result.metrics.get("auroc_mean")
+        if result.ok:
+            good = isinstance(auroc, float) and auroc == auroc
+            detail = f"[green]ok[/] auroc_mean={auroc:.3f}" if good else "[green]ok[/]"
         else:
-            detail = f"[red]failed[/] {escape(result.get('error') or '')}"
+            detail = f"[red]failed[/] {escape(result.error or '')}"
         # labels like ``tiny[width=4]`` and error text must not be read as rich markup
-        self.console.print(f"{escape(cell.cell_id)} {escape(_cell_line(cell))}: {detail}", highlight=False)
+        self.console.print(f"{escape(result.cell_id)} {escape(cell_line(result.axes))}: {detail}", highlight=False)
         self.bars.advance(self.overall)
 
     def stop(self) -> None:

@@ -6,12 +6,14 @@ both providers) and answers an unknown name with the valid ones and the closest 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, join_key
 from .interfaces import COMPONENT_KINDS
+from .options import options_to_dict, parse_options
 
 HOOK_OF_KIND = {
     "dataset": "cxrbench_register_datasets",
@@ -40,6 +42,57 @@ def _as_list(value: Any) -> list[Any]:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """One resolved component choice: kind, grid name, class and validated options."""
+
+    kind: str
+    name: str
+    cls: type = dataclasses.field(compare=False, repr=False)
+    options: Any = None
+    path: str = ""
+    threshold: dict | None = None  # localizers only
+
+    def options_dict(self) -> dict[str, Any]:
+        """Options as plain JSON-friendly values."""
+        return options_to_dict(self.options)
+
+    def key(self) -> dict[str, Any]:
+        """What identifies this choice (name + options) in a cell id."""
+        out: dict[str, Any] = {"name": self.name, "options": self.options_dict()}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """An instance of the component with its options (the kind decides the arguments).
+
+        Datasets take ``(context)``, backbones nothing (the grid name is passed for
+        families), heads ``(num_features, num_classes)``, localizers and executors nothing.
+        """
+        if self.kind == "backbone":
+            return self.cls(self.options, *args, name=self.name, **kwargs)
+        if self.kind == "head":
+            return self.cls(*args, self.options, **kwargs)
+        return self.cls(self.options, *args, **kwargs)
+
+    def label(self) -> str:
+        """Short display name: the name, plus non-default options."""
+        defaults = options_to_dict(type(self.options)()) if _has_all_defaults(type(self.options)) else {}
+        changed = {k: v for k, v in self.options_dict().items() if defaults.get(k, object()) != v}
+        if not changed:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        return f"{self.name}[{inner}]"
+
+
+def _has_all_defaults(options_cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(options_cls)
+    )
 
 
 class Registry:
@@ -137,6 +190,47 @@ class Registry:
                 return component
         raise ConfigError(path, self.unknown_message(kind, name))
 
+    def create(self, kind: str, entry: Any, path: str = "", *, allow_threshold: bool = False) -> ComponentSpec:
+        """The one way to turn a grid entry into a validated :class:`ComponentSpec`.
+
+        Args:
+            kind: the component kind.
+            entry: a name, or ``{name, options}`` (and ``threshold`` for localizers), as in
+                a grid or a stored cell configuration.
+            path: YAML path for error messages.
+            allow_threshold: accept a ``threshold`` key (localizer entries).
+
+        Raises:
+            ConfigError: unknown name, unknown key or invalid option, with its YAML path.
+
+        """
+        threshold = None
+        if isinstance(entry, str):
+            name, raw_options = entry, {}
+        elif isinstance(entry, dict):
+            allowed = {"name", "options"} | ({"threshold"} if allow_threshold else set())
+            unknown = sorted(set(entry) - allowed, key=str)
+            if unknown:
+                raise ConfigError(join_key(path, unknown[0]),
+                                  f"unknown key; a {kind} entry has keys: {', '.join(sorted(allowed))}")
+            if "name" not in entry:
+                raise ConfigError(path, f"a {kind} entry needs a 'name'")
+            name, raw_options = entry["name"], entry.get("options") or {}
+            if allow_threshold and entry.get("threshold") is not None:
+                threshold = parse_threshold(entry["threshold"], f"{path}.threshold")
+        else:
+            raise ConfigError(path, f"expected a {kind} name or a mapping with 'name' and 'options', got {entry!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}.name" if isinstance(entry, dict) else path,
+                              f"expected a {kind} name, got {name!r}")
+        cls = self.get(kind, name, path)
+        options = parse_options(cls.Options, raw_options, f"{path}.options", f"{kind} '{name}'")
+        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, path=path, threshold=threshold)
+
+    def families(self, kind: str) -> list[type]:
+        """Classes of ``kind`` that serve a family of names (``matches``), in registration order."""
+        return [cls for cls, _ in self._families[kind]]
+
     def unknown_message(self, kind: str, name: str) -> str:
         """The "unknown X; did you mean Y?" line for ``name``."""
         valid = self.names(kind)
@@ -160,6 +254,8 @@ class Registry:
         return out
 
 
-def build_registry(pm: Any) -> Registry:
-    """Shorthand for :meth:`Registry.from_plugin_manager`."""
-    return Registry.from_plugin_manager(pm)
+def parse_threshold(raw: Any, path: str) -> dict[str, Any]:
+    """A validated heatmap-to-box threshold policy as plain values."""
+    from .boxes import ThresholdPolicy
+
+    return options_to_dict(parse_options(ThresholdPolicy, raw, path, "threshold policy"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import time
@@ -18,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .artifacts import DB_NAME, CellArtifacts
 from .errors import UsageError
+from .records import CellResult, LocalizerResult, json_safe
 
-DB_NAME = "cxrbench.sqlite"
 LOCK_NAME = ".run.lock"
 
 SCHEMA = """
@@ -63,20 +63,17 @@ CREATE TABLE IF NOT EXISTS grids (
 """
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf with None so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def dumps(value: Any) -> str:
     """JSON text for the store (NaN -> null, sorted keys)."""
-    return json.dumps(_json_safe(value), sort_keys=True, default=str)
+    return json.dumps(json_safe(value), sort_keys=True, default=str)
+
+
+MIGRATIONS = (
+    ("cells", "provenance", "TEXT NOT NULL DEFAULT '{}'"),
+    ("cells", "warnings", "TEXT NOT NULL DEFAULT '[]'"),
+    ("localizations", "traceback", "TEXT"),
+)
+"""Columns added after the first stores were written: added in place when an older store opens."""
 
 
 class ResultsStore:
@@ -99,11 +96,18 @@ class ResultsStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.db_path}: not a cxrbench results database ({exc})") from None
         self._lock_file: Any = None
 
     # ------------------------------------------------------------------ housekeeping
+
+    def _migrate(self) -> None:
+        for table, column, decl in MIGRATIONS:
+            have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.release_lock()
@@ -159,9 +163,13 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ artifacts
 
+    def artifacts(self, cell_id: str) -> CellArtifacts:
+        """The files of a cell (checkpoint, predictions, overlays)."""
+        return CellArtifacts.of(self.root, cell_id)
+
     def cell_dir(self, cell_id: str) -> Path:
-        """The artifact folder of a cell (checkpoint, predictions, overlays)."""
-        return self.root / "cells" / cell_id
+        """The artifact folder of a cell."""
+        return self.artifacts(cell_id).folder
 
     # ------------------------------------------------------------------ writes
 
@@ -178,45 +186,48 @@ class ResultsStore:
                 [(name, cid, i) for i, cid in enumerate(cell_ids)],
             )
 
-    def write_result(self, grid: str, result: dict[str, Any], *, replace_localizations: bool = False) -> None:
+    def write_result(self, grid: str, result: CellResult, *, replace_localizations: bool = False) -> None:
         """Write one finished cell and all its localizer rows atomically.
 
         Args:
             grid: the grid the cell ran for.
-            result: a dict with keys ``cell_id``, ``axes`` (dataset/backbone/head/seed),
-                ``config``, ``status``, ``error``, ``traceback``, ``metrics``, ``info``,
-                ``started_at``, ``finished_at`` and ``localizations`` (a list of dicts
-                with ``key``, ``name``, ``status``, ``error``, ``metrics``, ``settings``).
+            result: the cell's result (checked before anything is written).
             replace_localizations: drop the cell's earlier localizer rows first (a retrained
                 model makes them stale); done in the same transaction, so a crash keeps the old ones.
 
+        Raises:
+            ValueError: for a malformed result (nothing is written).
+
         """
-        axes = result["axes"]
+        if not isinstance(result, CellResult):
+            raise ValueError(f"write_result takes a CellResult, got {type(result).__name__}")
+        result.check(result.cell_id)
+        axes = result.axes
         with self.transaction() as conn:
             if replace_localizations:
-                conn.execute("DELETE FROM localizations WHERE cell_id = ?", (result["cell_id"],))
+                conn.execute("DELETE FROM localizations WHERE cell_id = ?", (result.cell_id,))
             conn.execute(
                 """INSERT OR REPLACE INTO cells(cell_id, dataset, backbone, head, seed, config, status,
-                   error, traceback, metrics, info, started_at, finished_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   error, traceback, metrics, info, started_at, finished_at, provenance, warnings)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
-                    result["cell_id"], axes["dataset"], axes["backbone"], axes["head"], int(axes["seed"]),
-                    dumps(result.get("config", {})), result["status"], result.get("error"),
-                    result.get("traceback"), dumps(result.get("metrics", {})), dumps(result.get("info", {})),
-                    result.get("started_at"), result.get("finished_at"),
+                    result.cell_id, axes.dataset, axes.backbone, axes.head, int(axes.seed),
+                    dumps(result.config), result.status, result.error, result.traceback, dumps(result.metrics),
+                    dumps(result.info), result.started_at, result.finished_at, dumps(result.provenance.to_json()),
+                    dumps(list(result.warnings)),
                 ),
             )
             conn.execute(
                 "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, "
                 "(SELECT COALESCE(MAX(position), -1) + 1 FROM grid_cells WHERE grid = ?))",
-                (grid, result["cell_id"], grid),
+                (grid, result.cell_id, grid),
             )
-            for loc in result.get("localizations", []):
+            for loc in result.localizations:
                 conn.execute(
                     """INSERT OR REPLACE INTO localizations(cell_id, localizer_key, localizer, status, error,
-                       metrics, settings) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    (result["cell_id"], loc["key"], loc["name"], loc["status"], loc.get("error"),
-                     dumps(loc.get("metrics", {})), dumps(loc.get("settings", {}))),
+                       metrics, settings, traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (result.cell_id, loc.key, loc.name, loc.status, loc.error, dumps(loc.metrics),
+                     dumps(loc.settings), loc.traceback),
                 )
 
     # ------------------------------------------------------------------ reads
@@ -225,15 +236,28 @@ class ResultsStore:
         """``{cell_id: status}`` of every recorded cell."""
         return dict(self._conn.execute("SELECT cell_id, status FROM cells").fetchall())
 
-    def localizer_keys(self, cell_id: str) -> dict[str, str]:
+    def localizer_statuses(self, cell_id: str) -> dict[str, str]:
         """``{localizer_key: status}`` recorded for one cell."""
         rows = self._conn.execute(
             "SELECT localizer_key, status FROM localizations WHERE cell_id = ?", (cell_id,)
         ).fetchall()
         return dict(rows)
 
-    def cell(self, cell_id: str) -> dict[str, Any] | None:
-        """One cell's record, decoded, or None."""
+    def resolve(self, prefix: str) -> str:
+        """The one cell id starting with ``prefix`` (as ``cxrbench show`` and ``heatmap`` take it).
+
+        Raises:
+            UsageError: when no cell or several cells match.
+
+        """
+        matches = [c for c in self.statuses() if c.startswith(prefix)]
+        if len(matches) != 1:
+            what = "no cells match" if not matches else f"{len(matches)} cells match"
+            raise UsageError(f"{what} {prefix!r} in {self.root}")
+        return matches[0]
+
+    def cell(self, cell_id: str) -> CellResult | None:
+        """One cell's result with its localizer rows, or None."""
         rows = self._cells("WHERE c.cell_id = ?", (cell_id,))
         return rows[0] if rows else None
 
@@ -245,67 +269,51 @@ class ResultsStore:
         row = self._conn.execute("SELECT spec FROM grids WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def _cells(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
+    def grids_of(self) -> dict[str, list[str]]:
+        """``{cell_id: [grid names]}`` in grid order."""
+        out: dict[str, list[str]] = {}
+        for g, cid in self._conn.execute("SELECT grid, cell_id FROM grid_cells ORDER BY position"):
+            out.setdefault(cid, []).append(g)
+        return out
+
+    def _localizations(self, cell_ids: list[str] | None) -> dict[str, list[LocalizerResult]]:
+        query = ("SELECT cell_id, localizer_key, localizer, status, error, metrics, settings, traceback "
+                 "FROM localizations ORDER BY localizer, localizer_key")
+        out: dict[str, list[LocalizerResult]] = {}
+        wanted = set(cell_ids) if cell_ids is not None else None
+        for cid, key, name, status, error, metrics, settings, tb in self._conn.execute(query):
+            if wanted is not None and cid not in wanted:
+                continue
+            out.setdefault(cid, []).append(LocalizerResult.from_json({
+                "key": key, "name": name, "status": status, "error": error, "metrics": json.loads(metrics),
+                "settings": json.loads(settings), "traceback": tb}))
+        return out
+
+    def _cells(self, where: str = "", params: tuple = (), grid: str | None = None) -> list[CellResult]:
         query = (
             "SELECT c.cell_id, c.dataset, c.backbone, c.head, c.seed, c.config, c.status, c.error, "
-            "c.traceback, c.metrics, c.info, c.started_at, c.finished_at FROM cells c " + where
+            "c.traceback, c.metrics, c.info, c.started_at, c.finished_at, c.provenance, c.warnings FROM cells c "
+            + where
         )
+        rows = self._conn.execute(query, params).fetchall()
+        locs = self._localizations([r[0] for r in rows] if len(rows) < 500 else None)
+        grids = self.grids_of() if grid is None else {}
         out = []
-        for row in self._conn.execute(query, params).fetchall():
-            (cid, ds, bb, hd, seed, config, status, error, tb, metrics, info, started, finished) = row
-            out.append({
-                "cell_id": cid, "dataset": ds, "backbone": bb, "head": hd, "seed": seed,
+        for (cid, ds, bb, hd, seed, config, status, error, tb, metrics, info, started, finished, prov,
+             warnings) in rows:
+            out.append(CellResult.from_json({
+                "cell_id": cid, "grid": grid or ",".join(grids.get(cid, [])),
+                "axes": {"dataset": ds, "backbone": bb, "head": hd, "seed": seed},
                 "config": json.loads(config), "status": status, "error": error, "traceback": tb,
                 "metrics": json.loads(metrics), "info": json.loads(info),
-                "started_at": started, "finished_at": finished,
-            })
+                "started_at": started, "finished_at": finished, "provenance": json.loads(prov or "{}"),
+                "warnings": json.loads(warnings or "[]"),
+            }).replace(localizations=tuple(locs.get(cid, ()))))
         return out
 
-    def cells(self, grid: str | None = None) -> list[dict[str, Any]]:
-        """Cell records (of one grid, in grid order, when ``grid`` is given)."""
+    def cells(self, grid: str | None = None) -> list[CellResult]:
+        """Cell results (of one grid, in grid order, when ``grid`` is given)."""
         if grid is None:
             return self._cells("ORDER BY c.finished_at")
-        rows = self._cells("JOIN grid_cells g ON g.cell_id = c.cell_id WHERE g.grid = ? ORDER BY g.position",
-                           (grid,))
-        for row in rows:
-            row["grid"] = grid
-        return rows
-
-    def records(self, grid: str | None = None) -> list[dict[str, Any]]:
-        """Leaderboard records: one per (cell, localizer); a cell without localizer rows gives one.
-
-        Each record has ``cell_id``, ``grid``, ``dataset``, ``backbone``, ``head``,
-        ``localizer``, ``seed``, ``status``, ``error`` and ``metrics`` (the cell's
-        classification metrics merged with that localizer's localization metrics).
-        """
-        grids_of: dict[str, list[str]] = {}
-        for g, cid in self._conn.execute("SELECT grid, cell_id FROM grid_cells ORDER BY position"):
-            grids_of.setdefault(cid, []).append(g)
-        locs: dict[str, list[tuple]] = {}
-        for row in self._conn.execute(
-            "SELECT cell_id, localizer_key, localizer, status, error, metrics, settings FROM localizations "
-            "ORDER BY localizer"
-        ):
-            locs.setdefault(row[0], []).append(row[1:])
-        out = []
-        for cell in self.cells(grid):
-            base = {
-                "cell_id": cell["cell_id"],
-                "grid": grid or ",".join(grids_of.get(cell["cell_id"], [])),
-                "dataset": cell["dataset"], "backbone": cell["backbone"], "head": cell["head"],
-                "seed": cell["seed"], "status": cell["status"], "error": cell["error"],
-                "info": cell["info"],
-            }
-            rows = locs.get(cell["cell_id"]) or [(None, None, None, None, "{}", "{}")]
-            for key, name, lstatus, lerror, lmetrics, settings in rows:
-                record = dict(base)
-                record["localizer"] = name
-                record["localizer_key"] = key
-                metrics = dict(cell["metrics"])
-                metrics.update(json.loads(lmetrics))
-                record["metrics"] = metrics
-                record["localizer_status"] = lstatus
-                record["localizer_error"] = lerror
-                record["localizer_settings"] = json.loads(settings)
-                out.append(record)
-        return out
+        return self._cells("JOIN grid_cells g ON g.cell_id = c.cell_id WHERE g.grid = ? ORDER BY g.position",
+                           (grid,), grid=grid)

@@ -123,15 +123,15 @@ def test_help_keeps_the_typical_session_lines(run_cli):
 
 
 def test_interrupted_run_exits_2_and_keeps_finished_cells(run_cli, grid_file, tmp_path, monkeypatch):
-    from cxrbench import runner
+    from cxrbench import pipeline as runner
 
     real, calls = runner.run_cell_core, []
 
-    def second_cell_interrupted(task):
+    def second_cell_interrupted(task, reporter):
         calls.append(task.cell.cell_id)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(task)
+        return real(task, reporter)
 
     monkeypatch.setattr(runner, "run_cell_core", second_cell_interrupted)
     results = tmp_path / "r"

@@ -29,9 +29,8 @@ from cxrbench.data import (
     prepare_split,
     resize_square,
 )
-from cxrbench.interfaces import DatasetContext
+from cxrbench.interfaces import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, DatasetContext
 from cxrbench.manager import build_plugin_manager
-from cxrbench.model import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD
 from tests.plugins.toy import ToyDataset, ToyOptions
 
 SIZE = 24  # smaller than the toy's 32 px, so the cache really resizes

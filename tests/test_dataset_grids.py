@@ -16,12 +16,15 @@ import cxrbench_nih
 import numpy as np
 import pytest
 from cxrbench_phantom.export import write_chexpert_layout, write_nih_layout
+from helpers import store_records
 
 from cxrbench.config import parse_grid
 from cxrbench.data import prepare_split
+from cxrbench.driver import run_grid
 from cxrbench.manager import build_plugin_manager
+from cxrbench.pipeline import input_size
+from cxrbench.pipeline import open_dataset as build_dataset
 from cxrbench.registry import Registry
-from cxrbench.runner import build_dataset, input_size, run_grid
 from cxrbench.store import ResultsStore
 
 # Two findings the phantom draws often, so that the 20% test split holds both labels of each.
@@ -75,7 +78,7 @@ def run_one(pm, registry, grid_dict, results, cache_root=None):
     spec = parse_grid(grid_dict, registry)
     with ResultsStore(results) as store:
         summary = run_grid(spec, pm, store, cache_root=str(cache_root) if cache_root else None)
-        records = store.records(spec.name)
+        records = store_records(store, spec.name)
     assert (summary.ok, summary.failed) == (1, 0), records[0]["error"] if records else summary
     assert len(records) == 1 and records[0]["status"] == "ok"
     return records[0]

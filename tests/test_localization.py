@@ -17,18 +17,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import store_records
 from scipy.stats import binomtest
 
 import cxrbench.localization as localization
 from cxrbench.boxes import ThresholdPolicy
 from cxrbench.config import ComponentSpec, TrainSpec, parse_grid
 from cxrbench.data import load_split
+from cxrbench.driver import run_grid
+from cxrbench.interfaces import Classifier
 from cxrbench.localization import boxed_pairs, compute_maps, score
 from cxrbench.manager import build_plugin_manager
 from cxrbench.overlays import GREEN, RED
 from cxrbench.registry import Registry
-from cxrbench.report import public_records
-from cxrbench.runner import build_model, run_grid
 from cxrbench.store import ResultsStore
 from cxrbench.training import seed_everything, train_model
 from tests.conftest import SHARED_DATA, builtin_plugins
@@ -79,7 +80,7 @@ def test_trained_maps_peak_inside_planted_lesions_far_above_chance(toy_registry)
     train, boxed = load_split(dataset, "train", size), load_split(dataset, "boxes", size)
     backbone, head = toy_registry.get("backbone", "tiny", "b"), toy_registry.get("head", "avg", "h")
     seed_everything(0)
-    untrained = build_model(ComponentSpec("backbone", "tiny", backbone, backbone.Options(width=8)),
+    untrained = Classifier.build(ComponentSpec("backbone", "tiny", backbone, backbone.Options(width=8)),
                             ComponentSpec("head", "avg", head, head.Options()), dataset.classes)
     trained = copy.deepcopy(untrained)
     train_model(trained, train, None, TrainSpec(epochs=8, batch_size=16, lr=0.01), seed=0, device=CPU)
@@ -179,7 +180,7 @@ def test_real_nih_cell_scores_every_localizer_on_boxes_scaled_to_256_px(tmp_path
     monkeypatch.setattr(localization, "localization_metrics", spy_metrics)
     with ResultsStore(tmp_path / "results") as store:
         summary = run_grid(grid, pm, store)
-        records = store.records("nih-real")
+        records = store_records(store, "nih-real")
     assert (summary.ok, summary.failed) == (1, 0), summary.failures
 
     rows = {r["localizer"]: r for r in records}
@@ -231,7 +232,7 @@ def run_toy(toy_pm, toy_registry, tmp_path):
         grid = parse_grid(grid_dict, toy_registry)
         with ResultsStore(tmp_path / folder) as store:
             summary = run_grid(grid, toy_pm, store)
-            return summary, store.records(grid.name)
+            return summary, store_records(store, grid.name)
 
     return go
 
@@ -297,7 +298,7 @@ def test_threshold_tuning_reads_validation_boxes_only_and_is_stored(run_toy, tin
     assert chosen["policy"] == "seed" and chosen["factor"] in {row["factor"] for row in settings["tuning"]}
     best = max(settings["tuning"], key=lambda row: row["iou_mean"])
     assert chosen["factor"] == best["factor"]
-    exported = json.loads(json.dumps(public_records(honest)))
+    exported = json.loads(json.dumps(honest))  # the exported JSON form already
     assert exported[0]["localizer_settings"]["policy"] == chosen
 
     # adversarial test boxes: the scores move, the tuned value does not

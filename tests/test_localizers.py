@@ -32,8 +32,7 @@ from cxrbench_cam.postprocess import normalize_maps
 from torch import nn
 
 from cxrbench.errors import UsageError
-from cxrbench.interfaces import Backbone, PoolingHead
-from cxrbench.model import Classifier
+from cxrbench.interfaces import Backbone, Classifier, PoolingHead
 from cxrbench.options import NoOptions
 
 NUM_CLASSES = 4

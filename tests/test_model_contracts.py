@@ -14,9 +14,8 @@ import cxrbench_timm
 import pytest
 import torch
 
-from cxrbench.interfaces import Backbone, PoolingHead
+from cxrbench.interfaces import Backbone, Classifier, PoolingHead
 from cxrbench.manager import build_plugin_manager
-from cxrbench.model import Classifier
 from cxrbench.registry import Registry
 
 SIZE = 64  # the smallest input every registered net turns into a map larger than 1x1

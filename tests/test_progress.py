@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import types
 
 import pytest
 import yaml
@@ -13,8 +12,10 @@ from rich.console import Console
 
 from cxrbench import cli as cli_module
 from cxrbench.config import parse_grid
-from cxrbench.progress import EtaEstimate, PlainProgress, RichProgress, format_eta, make_progress
-from cxrbench.runner import run_grid
+from cxrbench.driver import RunDisplay, run_grid
+from cxrbench.events import Progress
+from cxrbench.progress import EtaEstimate, PlainProgress, RichProgress, format_eta, make_progress, phase_text
+from cxrbench.records import CellAxes, CellResult
 from cxrbench.store import ResultsStore
 
 
@@ -26,26 +27,69 @@ class FakeClock:
         return self.now
 
 
-def _cell(cell_id: str, head: str = "avg", seed: int = 0):
-    axes = {"dataset": "toy[num_images=64]", "backbone": "tiny[width=4]", "head": head, "seed": seed}
-    return types.SimpleNamespace(cell_id=cell_id, axes=axes)
+DATASET, BACKBONE = "toy[num_images=64]", "tiny[width=4]"
 
 
-def _terminal() -> Console:
-    return Console(file=io.StringIO(), force_terminal=True, width=160, color_system=None)
+def _label(head: str = "avg", seed: int = 0, dataset: str = DATASET, backbone: str = BACKBONE) -> str:
+    """The ``dataset / backbone / head / seed N`` line the driver passes to ``RunDisplay.start``."""
+    return f"{dataset} / {backbone} / {head} / seed {seed}"
 
 
-def _screen(ui: RichProgress) -> str:
+def _result(cell_id: str, head: str = "avg", *, status: str = "ok", error: str | None = None,
+            auroc: float | None = None, seconds: float = 0.0) -> CellResult:
+    return CellResult(cell_id=cell_id, grid="tiny", axes=CellAxes(DATASET, BACKBONE, head, 0), status=status,
+                      error=error, metrics={} if auroc is None else {"auroc_mean": auroc},
+                      info={"duration_s": seconds})
+
+
+def _train(epoch: int, done: int, total: int = 10, epochs: int = 5, **figures) -> Progress:
+    return Progress("train", done, total, epoch=epoch, epochs=epochs, **figures)
+
+
+def _terminal(width: int = 160) -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
+
+
+def _screen(ui: RichProgress, width: int = 160) -> str:
     """The live display as it is drawn now (rendered once, without the refresh thread's timing)."""
-    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console = Console(file=io.StringIO(), width=width, color_system=None)
     console.print(ui.bars.get_renderable())
     return console.file.getvalue()
+
+
+def _plain() -> tuple[PlainProgress, FakeClock]:
+    clock = FakeClock()
+    return PlainProgress(Console(file=io.StringIO(), width=80, color_system=None), clock=clock), clock
+
+
+def _lines(ui: PlainProgress) -> list[str]:
+    return ui.console.file.getvalue().splitlines()
+
+
+def test_progress_labels_and_fractions():
+    assert Progress("train", 3, 10, epoch=2, epochs=5).label() == "train epoch 2/5"
+    assert Progress("train", 3, 10, epoch=2).label() == "train epoch 2/?"
+    assert Progress("predict", 1, 4, detail="test").label() == "predict test"
+    assert Progress("localize", 0, 1, detail="cam").label() == "localize cam"
+    assert Progress("load", 0, 1, detail="train").label() == "load train"
+    assert Progress("sanity").label() == "sanity"
+    # training: the fraction of all epochs; other phases: of the phase
+    assert Progress("train", 3, 10, epoch=2, epochs=5).fraction() == pytest.approx(0.26)
+    assert Progress("train", 10, 10, epoch=5, epochs=5).fraction() == 1.0
+    assert Progress("predict", 1, 4, detail="test").fraction() == 0.25
+    assert Progress("load", 0, 0, detail="train").fraction() is None  # unknown total
+    # live figures: loss, and the validation AUROC once there is one (not NaN)
+    assert phase_text(_train(2, 3, loss=0.41234)) == "train epoch 2/5 loss 0.412"
+    assert phase_text(_train(2, 3, loss=0.41234, val_auroc=0.8031)) == "train epoch 2/5 loss 0.412 val AUROC 0.803"
+    assert phase_text(_train(2, 3, loss=0.5, val_auroc=float("nan"))) == "train epoch 2/5 loss 0.500"
+    assert phase_text(Progress("predict", 1, 4, detail="val")) == "predict val"
 
 
 def test_make_progress_picks_rich_only_on_a_terminal_when_enabled():
     assert isinstance(make_progress(_terminal(), enabled=True), RichProgress)
     assert isinstance(make_progress(_terminal(), enabled=False), PlainProgress)  # --no-progress
     assert isinstance(make_progress(Console(file=io.StringIO()), enabled=True), PlainProgress)  # a pipe or a log
+    assert all(isinstance(make_progress(_terminal(), enabled=e), RunDisplay) for e in (True, False))
 
 
 @pytest.mark.parametrize("flags", [["--no-progress"], []])
@@ -61,21 +105,30 @@ def test_plain_lines_during_a_cli_run(run_cli, tmp_path, tiny_grid_dict, flags):
     assert "2 cells: 2 to run, 0 already in the store" in lines
 
     def index(pattern: str) -> int:
-        return next(i for i, line in enumerate(lines) if re.fullmatch(pattern, line))
+        found = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line)]
+        assert found, f"no line matches {pattern!r}:\n{result.output}"
+        return found[0]
+
+    def count(pattern: str) -> int:
+        return sum(bool(re.fullmatch(pattern, line)) for line in lines)
 
     positions = []
     for n, head in ((1, "avg"), (2, "max")):
         cid = next(c for c in ids if c in "\n".join(line for line in lines if f"/ {head} /" in line))
+        short = re.escape(cid[:8])
         start = index(rf"\[{n}/2\] start {cid} toy\[num_images=64\] / tiny\[width=4\] / {head} / seed 0")
-        epochs = [index(rf"    epoch {e}/2 \(2 steps\)") for e in (1, 2)] if n == 1 else []
+        epochs = [index(rf"    {short} train epoch {e}/2 \(2 steps\)") for e in (1, 2)]
         finish = index(rf"\[{n}/2\] ok {cid} in \d+s auroc_mean=\d\.\d{{3}} \({n} of 2 done"
                        + (r", eta \d+:\d\d:\d\d\)" if n == 1 else r"\)"))
         positions += [start, *epochs, finish]
+        # phases are printed once each per cell, not once per batch
+        for e in (1, 2):
+            assert count(rf"    {short} train epoch {e}/2 \(2 steps\)") == 1
+            # and the epoch's end with its loss (and val AUROC, unless undefined on the tiny split)
+            assert count(rf"    {short} train epoch {e}/2 loss \d\.\d{{3}}( val AUROC \d\.\d{{3}})?") >= 1
+        for phase in ("load train", "load test", "predict test", "localize cam", "localize gradcam"):
+            assert count(rf"    {short} {phase}( \(\d+ steps\))?") == 1, phase
     assert positions == sorted(positions)  # start, epoch lines, finish; then the next cell
-    # phases are printed once each, not once per batch
-    assert sum(line.strip().startswith("epoch 1/2") for line in lines) == 2  # once per cell
-    assert any(line.strip() == "predict (1 steps)" or line.strip() == "predict" for line in lines)
-    assert any(line.strip() == "localize cam" for line in lines)
     again = run_cli("run", "--grid", grid, "--results", results, *flags)
     assert "2 cells: 0 to run, 2 already in the store" in again.output
 
@@ -89,45 +142,114 @@ def test_rich_display_on_a_terminal_during_a_cli_run(run_cli, tmp_path, tiny_gri
     assert result.exit_code == 0, result.output
     shown = terminal.file.getvalue()
     assert "cells (2 in grid)" in shown and "2/2" in shown and "eta" in shown
-    assert "toy[num_images=64] / tiny[width=4] / avg / seed 0: ok auroc_mean=" in shown
+    assert f"{_label('avg')}: ok auroc_mean=" in shown
     assert "start " not in shown  # not the plain lines
     assert "Classification leaderboard: tiny" in shown
+
+
+def test_plain_prints_one_line_per_epoch_with_loss_and_val_auroc():
+    # the sequence train_model reports: every step (running loss, the previous epoch's val AUROC),
+    # then once more after the epoch's validation with its exact loss and val AUROC
+    ui, _clock = _plain()
+    ui.start(total=1, pending=1, skipped=0, labels={"aaaaaaaaaaaa": _label()})
+    ui.cell_started("aaaaaaaaaaaa")
+    val = {1: 0.6104, 2: 0.7251}
+    for epoch in (1, 2):
+        previous = val.get(epoch - 1)
+        for step in range(1, 5):
+            ui.progress("aaaaaaaaaaaa", _train(epoch, step, 4, 2, loss=0.9 - 0.1 * step, val_auroc=previous))
+        ui.progress("aaaaaaaaaaaa", _train(epoch, 4, 4, 2, loss=0.5 - 0.1 * epoch, val_auroc=val[epoch],
+                                           epoch_end=True))
+    ui.progress("aaaaaaaaaaaa", Progress("predict", 1, 1, detail="test"))
+    lines = [line.strip() for line in _lines(ui)]
+    assert lines[:2] == ["1 cells: 1 to run, 0 already in the store", f"[1/1] start aaaaaaaaaaaa {_label()}"]
+    for epoch in (1, 2):
+        assert lines.count(f"aaaaaaaa train epoch {epoch}/2 (4 steps)") == 1  # the phase, once
+        ends = [line for line in lines if line.startswith(f"aaaaaaaa train epoch {epoch}/2 loss")]
+        # one line at the epoch's end, with that epoch's loss and validation AUROC
+        assert ends == [f"aaaaaaaa train epoch {epoch}/2 loss {0.5 - 0.1 * epoch:.3f} val AUROC {val[epoch]:.3f}"], \
+            lines
+    assert lines[-1] == "aaaaaaaa predict test"
+
+
+def test_plain_lines_count_starts_and_finishes_and_print_markup_literally():
+    ui, clock = _plain()
+    labels = {"aaaaaaaaaaaa": _label(), "bbbbbbbbbbbb": _label("max")}
+    ui.start(total=3, pending=2, skipped=1, labels=labels)
+    ui.cell_started("aaaaaaaaaaaa", "pid 1")
+    clock.now += 10.0
+    ui.progress("aaaaaaaaaaaa", _train(1, 5, 10, 2))  # a quarter of the cell in 10 s
+    ui.warning("aaaaaaaaaaaa", "image [bold]x.png[/bold]\nunreadable")
+    ui.warning(None, "dataset [red]warning[/]")
+    clock.now += 30.0
+    ui.cell_finished(_result("aaaaaaaaaaaa", auroc=0.75, seconds=40.0))
+    ui.cell_started("bbbbbbbbbbbb")
+    ui.cell_finished(_result("bbbbbbbbbbbb", "max", status="failed", error="KeyError: '[/bold] [width=4]'"))
+    ui.stop()
+    assert _lines(ui) == [
+        "3 cells: 2 to run, 1 already in the store",
+        f"[1/2] start aaaaaaaaaaaa {_label()}",
+        "    aaaaaaaa train epoch 1/2 (10 steps)",
+        "warning: cell aaaaaaaaaaaa: image [bold]x.png[/bold]\\nunreadable",  # kept on one line
+        "warning: dataset [red]warning[/]",
+        "[1/2] ok aaaaaaaaaaaa in 40s auroc_mean=0.750 (1 of 2 done, eta 0:00:40)",
+        f"[2/2] start bbbbbbbbbbbb {_label('max')}",
+        "[2/2] failed bbbbbbbbbbbb in 0s KeyError: '[/bold] [width=4]' (2 of 2 done)",
+    ]
 
 
 def test_rich_display_shows_cells_epoch_batches_and_eta():
     clock = FakeClock()
     ui = RichProgress(_terminal(), clock=clock)
-    ui.start(total=4, pending=3, skipped=1)
+    ui.start(total=4, pending=3, skipped=1, labels={"aaaaaaaaaaaa": _label(), "bbbbbbbbbbbb": _label("max")})
     try:
-        ui.cell_started(_cell("aaaaaaaaaaaa"))
+        ui.cell_started("aaaaaaaaaaaa", "pid 1")
         screen = _screen(ui)
         assert "cells (4 in grid)" in screen and "0/3" in screen and "eta ?" in screen
-        assert "aaaaaaaaaaaa toy[num_images=64] / tiny[width=4] / avg / seed 0" in screen
+        assert f"aaaaaaaaaaaa {_label()}" in screen
         clock.now += 26.0
-        ui.progress("epoch 2/5", 3, 10)  # 26 % of the cell's training in 26 s: ~100 s per cell
+        ui.progress("aaaaaaaaaaaa", _train(2, 3, loss=0.4123))  # 26 % of the cell's training in 26 s: ~100 s a cell
         screen = _screen(ui)
-        assert re.search(r"avg / seed 0 +epoch 2/5 .* 3/10", screen)
+        assert re.search(r"avg / seed 0 +train epoch 2/5 loss 0\.412 .* 3/10", screen), screen
         assert "eta 0:04:34" in screen  # 3 cells x 100 s, less the 26 s spent
         clock.now += 74.0
-        ui.progress("epoch 5/5", 10, 10)
-        ui.cell_finished(_cell("aaaaaaaaaaaa"), {"status": "ok", "metrics": {"auroc_mean": 0.75}, "info": {}})
+        ui.progress("aaaaaaaaaaaa", _train(5, 10, loss=0.3, val_auroc=0.8))
+        assert re.search(r"train epoch 5/5 loss 0\.300 val AUROC 0\.800 .* 10/10", _screen(ui)), _screen(ui)
+        ui.cell_finished(_result("aaaaaaaaaaaa", auroc=0.75))
         screen = _screen(ui)
         assert "1/3" in screen and "eta 0:03:20" in screen  # 2 cells left at 100 s each
-        ui.cell_started(_cell("bbbbbbbbbbbb", head="max"))
+        ui.cell_started("bbbbbbbbbbbb")
         clock.now += 30.0
-        ui.progress("predict", 1, 4)
+        ui.progress("bbbbbbbbbbbb", Progress("predict", 1, 4, detail="test"))
         screen = _screen(ui)
-        assert "bbbbbbbbbbbb" in screen and re.search(r"max / seed 0 +predict .* 1/4", screen)
+        assert "bbbbbbbbbbbb" in screen and re.search(r"max / seed 0 +predict test .* 1/4", screen), screen
         assert "eta 0:02:50" in screen  # the cell in flight has used 30 of its 100 s
-        ui.cell_finished(_cell("bbbbbbbbbbbb", head="max"),
-                         {"status": "failed", "error": "KeyError: '[/bold] [width=4]'", "metrics": {}, "info": {}})
+        ui.warning("bbbbbbbbbbbb", "a [bold]bracketed[/bold] warning")
+        ui.cell_finished(_result("bbbbbbbbbbbb", "max", status="failed", error="KeyError: '[/bold] [width=4]'"))
     finally:
         ui.stop()
     out = ui.console.file.getvalue()
     assert "1 of 4 cells already in the store (resumed)" in out
-    assert "aaaaaaaaaaaa toy[num_images=64] / tiny[width=4] / avg / seed 0: ok auroc_mean=0.750" in out
+    assert f"aaaaaaaaaaaa {_label()}: ok auroc_mean=0.750" in out
     # error text with brackets is printed as is, not parsed as rich markup (which would raise)
-    assert "bbbbbbbbbbbb toy[num_images=64] / tiny[width=4] / max / seed 0: failed KeyError: '[/bold] [width=4]'" in out
+    assert f"bbbbbbbbbbbb {_label('max')}: failed KeyError: '[/bold] [width=4]'" in out
+    assert "warning: cell bbbbbbbbbbbb: a [bold]bracketed[/bold] warning" in out
+
+
+def test_rich_display_follows_the_cell_that_started_last():
+    # a parallel executor interleaves cells: the phase bar shows the latest started one only
+    ui = RichProgress(_terminal(), clock=FakeClock())
+    ui.start(total=2, pending=2, skipped=0, labels={"aaaaaaaaaaaa": _label(), "bbbbbbbbbbbb": _label("max")})
+    try:
+        ui.cell_started("aaaaaaaaaaaa")
+        ui.cell_started("bbbbbbbbbbbb")
+        ui.progress("bbbbbbbbbbbb", Progress("load", 0, 1, detail="train"))
+        ui.progress("aaaaaaaaaaaa", _train(1, 3))
+        screen = _screen(ui)
+    finally:
+        ui.stop()
+    assert re.search(r"bbbbbbbbbbbb .*max / seed 0 +load train", screen), screen
+    assert "train epoch" not in screen
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -135,25 +257,21 @@ def test_rich_display_keeps_phase_counts_and_eta_visible_beside_a_long_label(wid
     # a dataset label with its options (the quickstart's is ~120 characters) must not push the
     # phase, the step counts and the ETA off a common terminal: the label is cut instead
     clock = FakeClock()
-    ui = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None), clock=clock)
-    label = "phantom[classes=['Cardiomegaly', 'Effusion', 'Mass', 'Nodule', 'Pneumothorax'],num_images=800]"
-    cell = types.SimpleNamespace(cell_id="cccccccccccc", axes={"dataset": label, "backbone": "resnet18",
-                                                               "head": "avg", "seed": 0})
-    ui.start(total=3, pending=3, skipped=0)
+    ui = RichProgress(_terminal(width), clock=clock)
+    dataset = "phantom[classes=['Cardiomegaly', 'Effusion', 'Mass', 'Nodule', 'Pneumothorax'],num_images=800]"
+    ui.start(total=3, pending=3, skipped=0, labels={"cccccccccccc": _label(dataset=dataset, backbone="resnet18")})
     try:
-        ui.cell_started(cell)
+        ui.cell_started("cccccccccccc")
         clock.now += 10.0
-        ui.progress("epoch 1/2", 5, 10)  # a quarter of the cell in 10 s: 40 s per cell, 110 s left
-        console = Console(file=io.StringIO(), width=width, color_system=None)
-        console.print(ui.bars.get_renderable())
-        screen = console.file.getvalue()
+        ui.progress("cccccccccccc", _train(1, 5, 10, 2))  # a quarter of the cell in 10 s: 40 s per cell, 110 s left
+        screen = _screen(ui, width)
     finally:
         ui.stop()
     lines = screen.splitlines()
     assert len(lines) == 2 and all(len(line) <= width for line in lines), screen
     assert "cells (3 in grid)" in lines[0] and "0/3" in lines[0] and "eta 0:01:50" in lines[0], screen
     assert "cccccccccccc phan" in lines[1] and "…" in lines[1], screen
-    assert re.search(r"epoch 1/2 .* 5/10", lines[1]), screen
+    assert re.search(r"train epoch 1/2 .* 5/10", lines[1]), screen
 
 
 def test_eta_estimate():
@@ -161,10 +279,12 @@ def test_eta_estimate():
     eta = EtaEstimate(clock)
     eta.start(pending=4)
     assert eta.seconds() is None  # nothing to go on yet
-    eta.progress("load train", 0, 1)
-    assert eta.seconds() is None
+    eta.progress(Progress("load", 0, 1, detail="train"))
+    assert eta.seconds() is None  # only training progress is extrapolated
     clock.now += 10.0
-    eta.progress("epoch 1/2", 5, 10)  # a quarter of the training in 10 s
+    eta.progress(Progress("train", 5, 10, epoch=1, epochs=2))  # a quarter of the training in 10 s
+    assert eta.seconds() == pytest.approx(4 * 40 - 10)
+    eta.progress(Progress("predict", 1, 4, detail="test"))  # other phases leave the estimate alone
     assert eta.seconds() == pytest.approx(4 * 40 - 10)
     clock.now += 30.0
     eta.cell_finished()
@@ -177,38 +297,54 @@ def test_eta_estimate():
     assert format_eta(None) == "?" and format_eta(0) == "0:00:00" and format_eta(3723.4) == "1:02:03"
 
 
-def test_training_callbacks_reach_the_display(toy_pm, toy_registry, tiny_grid_dict, tmp_path):
+def test_training_events_reach_the_display(toy_pm, toy_registry, tiny_grid_dict, tmp_path):
     calls = []
 
     class Recording(RichProgress):
-        def cell_started(self, cell):
-            calls.append(("started", cell.cell_id))
-            super().cell_started(cell)
+        def start(self, total, pending, skipped, labels=None):
+            calls.append(("start", pending, dict(labels or {})))
+            super().start(total, pending, skipped, labels)
 
-        def progress(self, phase, done, total):
-            calls.append((phase, done, total))
-            super().progress(phase, done, total)
+        def cell_started(self, cell_id, worker=None):
+            calls.append(("started", cell_id))
+            super().cell_started(cell_id, worker)
 
-        def cell_finished(self, cell, result):
-            calls.append(("finished", cell.cell_id))
-            super().cell_finished(cell, result)
+        def progress(self, cell_id, progress):
+            calls.append(("progress", cell_id, progress))
+            super().progress(cell_id, progress)
+
+        def cell_finished(self, result):
+            calls.append(("finished", result.cell_id))
+            super().cell_finished(result)
 
     ui = Recording(_terminal())
     grid = parse_grid(tiny_grid_dict, toy_registry)
     with ResultsStore(tmp_path / "r") as store:
-        summary = run_grid(grid, toy_pm, store, ui=ui)
+        summary = run_grid(grid, toy_pm, store, display=ui)
     assert summary.ok == 2
-    # 64 toy images: 32 train, batch 16 -> 2 steps per epoch, 2 epochs, for each cell
-    for epoch in (1, 2):
-        assert [c for c in calls if c[0] == f"epoch {epoch}/2"] == [(f"epoch {epoch}/2", 1, 2),
-                                                                  (f"epoch {epoch}/2", 2, 2)] * 2
-    assert any(c[0] == "predict" and c[1] == c[2] for c in calls)
-    assert {c[0] for c in calls} >= {"load train", "load test", "localize cam", "localize gradcam"}
+    assert calls[0][:2] == ("start", 2)
+    assert sorted(calls[0][2].values()) == [_label("avg"), _label("max")]
     events = [c for c in calls if c[0] in ("started", "finished")]
     assert [e[0] for e in events] == ["started", "finished"] * 2
     assert events[0][1] == events[1][1] != events[2][1] == events[3][1]
-    first_cell = calls[: calls.index(events[1])]
-    assert ("epoch 2/2", 2, 2) in first_cell  # the callbacks arrive while the cell runs, before it finishes
+    within = 0
+    for cell_id in (events[0][1], events[2][1]):
+        # the cell's progress arrives between its start and its finish, tagged with its id
+        first, last = calls.index(("started", cell_id)), calls.index(("finished", cell_id))
+        progress = [c[2] for c in calls[first:last] if c[0] == "progress"]
+        assert all(c[1] == cell_id for c in calls[first:last] if c[0] == "progress")
+        assert all(isinstance(p, Progress) for p in progress)
+        # 64 toy images: 32 train, batch 16 -> 2 steps per epoch, 2 epochs; each epoch's
+        # steps, then its end (after validation) with the epoch's loss
+        for epoch in (1, 2):
+            steps = [p for p in progress if p.label() == f"train epoch {epoch}/2"]
+            assert [(p.done, p.total) for p in steps] == [(1, 2), (2, 2), (2, 2)], steps
+            assert all(p.loss is not None and p.loss == p.loss for p in steps)
+        assert any(p.phase == "predict" and p.done == p.total for p in progress)
+        assert {p.label() for p in progress} >= {"load train", "load test", "predict test", "localize cam",
+                                                  "localize gradcam"}
+        within += len(progress)
+    assert within == sum(c[0] == "progress" for c in calls)  # no progress outside a cell's start..finish
     overall = ui.bars.tasks[ui.overall]
     assert (overall.completed, overall.total) == (2, 2)
     assert "2/2" in _screen(ui) and "eta 0:00:00" in _screen(ui)

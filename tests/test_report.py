@@ -3,12 +3,16 @@
 Two stores: a real tiny grid (2 heads x 2 seeds x 2 localizers, trained once for the
 module) for the formats and the report, and a synthetic one with hand-made predictions
 for the paired-bootstrap significance flag.
+
+Column headers come from the metric catalogue (``cxrbench.catalogue``): the tests look
+them up with ``catalogue.label`` rather than spelling metric keys.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import html as html_module
 import io
 import json
 import math
@@ -17,20 +21,29 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import store_records
 from rich.console import Console
 
 import cxrbench
+from cxrbench import catalogue, reporting
 from cxrbench import cli as cli_module
-from cxrbench import report
 from cxrbench.config import parse_grid
+from cxrbench.driver import run_grid
 from cxrbench.manager import build_plugin_manager
 from cxrbench.metrics import classification_metrics
+from cxrbench.records import CellAxes, CellResult
 from cxrbench.registry import Registry
-from cxrbench.runner import run_grid
+from cxrbench.reporting import LeaderboardRow, Significance
+from cxrbench.reporting.rows import localizer_rows
 from cxrbench.store import ResultsStore
 from tests.conftest import TINY_GRID, builtin_plugins, cli_with
 
 ID_KEYS = {"cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status", "metrics"}
+
+
+def label(key):
+    """The column header the catalogue gives ``key`` (``auroc_mean`` -> ``AUROC``)."""
+    return catalogue.label(key)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +79,13 @@ def records(run_cli, results):
     result = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
+
+
+@pytest.fixture
+def rows(results):
+    """The ungrouped leaderboard rows of the tiny grid, straight from the store."""
+    with ResultsStore(results) as store:
+        return reporting.rows_from_cells(store.cells("tiny"))
 
 
 def _usage_error(result, *fragments):
@@ -122,18 +142,31 @@ def test_markdown_table_rows_and_values(run_cli, results, records):
     lines = text.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:7] == ["cell_id", "dataset", "backbone", "head", "localizer", "seed", "status"]
-    for column in ("auroc_mean", "auroc_ci_low", "auroc_ci_high", "iou_mean", "iobb_mean", "hit_rate",
-                   "loc_ms_per_image", "auroc/Blob", "parameters", "train_images_per_s", "inference_images_per_s"):
+    # metric headers are the catalogue's labels (AUROC, IoU, ...); per-class columns keep their key
+    for column in ("AUROC", "CI low", "CI high", "IoU", "IoBB", "Hit", "ms/img", "auroc/Blob", "params",
+                   "img/s train", "img/s infer"):
         assert column in header, column
+    assert [label(k) for k in ("auroc_mean", "iou_mean", "parameters")] == ["AUROC", "IoU", "params"]
+    assert len(header) == len(set(header))  # no two columns share a label
     assert set(lines[1].strip("|").split("|")) == {"---"}
     assert len(lines) == 2 + len(records)
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
     for r in records:
         row = next(x for x in rows if x["cell_id"] == r["cell_id"] and x["localizer"] == r["localizer"])
-        assert row["auroc_mean"] == f"{r['metrics']['auroc_mean']:.3f}"
-        assert row["iobb_mean"] == f"{r['metrics']['iobb_mean']:.3f}"
+        assert row["AUROC"] == f"{r['metrics']['auroc_mean']:.3f}"
+        assert row["IoBB"] == f"{r['metrics']['iobb_mean']:.3f}"
+        assert row["auroc/Blob"] == f"{r['metrics']['auroc/Blob']:.3f}"
         assert row["backbone"] == "tiny[width=4]"
-        assert row["parameters"] == str(r["info"]["parameters"])
+
+
+def test_markdown_parameters_are_the_exact_count(run_cli, results, records):
+    lines = run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "markdown").output
+    lines = lines.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    for r in records:
+        row = next(x for x in rows if x["cell_id"] == r["cell_id"] and x["localizer"] == r["localizer"])
+        assert row["params"] == str(r["info"]["parameters"])
 
 
 def test_html_export_is_self_contained_with_both_tables(run_cli, results, records):
@@ -144,9 +177,12 @@ def test_html_export_is_self_contained_with_both_tables(run_cli, results, record
     for r in records:
         assert r["cell_id"] in text
         assert f"{r['metrics']['auroc_mean']:.3f}" in text and f"{r['metrics']['iou_mean']:.3f}" in text
-    for column in ("auroc_mean", "auroc_ci_low", "iou_mean", "iobb_mean", "train_images_per_s",
-                   "inference_images_per_s", "parameters", "loc_ms_per_image"):
+    # headers are catalogue labels; the interval is one "95% CI" column (low-high), as in the terminal
+    for column in ("AUROC", "95% CI", "IoU", "IoBB", "img/s train", "img/s infer", "params", "ms/img"):
         assert f"<th>{column}</th>" in text, column
+    for r in records:
+        m = r["metrics"]
+        assert f"<td>{m['auroc_ci_low']:.3f}-{m['auroc_ci_high']:.3f}</td>" in text
 
 
 def test_table_shows_both_leaderboards_with_speed_columns(run_cli, results, records):
@@ -155,7 +191,7 @@ def test_table_shows_both_leaderboards_with_speed_columns(run_cli, results, reco
     out = result.output
     assert "Classification leaderboard: tiny" in out and "Localization leaderboard: tiny" in out
     for header in ("AUROC", "95% CI", "Blob", "Bar", "img/s train", "img/s infer", "params", "IoU", "IoBB",
-                   "Acc@IoU.1", "Hit", "ms/img"):
+                   label("acc_iou@0.1"), "Hit", "ms/img"):
         assert header in out, header
     # labels with options are shown whole, not eaten as rich markup
     assert "tiny[width=4]" in out and "toy[num_images=64]" in out
@@ -189,11 +225,12 @@ def test_group_over_seeds_matches_pandas(run_cli, results, records):
     assert len(grouped) == 4  # 2 heads x 2 localizers
     expected = _frame(records).groupby(["head", "localizer"])
     for g in grouped:
-        assert g["seed"] == "*" and g["cell_id"] == "2 cells" and g["metrics"]["n"] == 2
+        assert g["kind"] == "group" and g["seed"] == "*" and g["cell_id"] == "2 cells" and g["n"] == 2
         for metric in ("auroc_mean", "auroc/Blob", "iou_mean", "iobb_mean", "hit_rate"):
             values = expected.get_group((g["head"], g["localizer"]))[metric]
             assert g["metrics"][metric] == pytest.approx(values.mean())
-            assert g["metrics"][f"{metric}_std"] == pytest.approx(values.std(ddof=1))
+            assert g["spread"][metric] == pytest.approx(values.std(ddof=1))
+        assert not [k for k in g["metrics"] if k.endswith("_std")]  # the spread is not mixed into the metrics
         assert g["info"]["parameters"] > 0 and g["info"]["train_images_per_s"] > 0
 
 
@@ -208,36 +245,63 @@ def test_over_seed_is_group_by_every_other_axis(run_cli, results):
 
 def test_group_by_seed_counts_each_cell_once_for_classification(run_cli, results, records):
     grouped = _grouped(run_cli, results, "seed")
-    assert sorted(g["seed"] for g in grouped) == [0, 1]
+    # one classification row per seed (its localizer cleared), and for the localization table
+    # one row per (seed, localizer) rather than every localizer pooled into one number
+    classification = [g for g in grouped if g["localizer"] is None]
+    per_localizer = [g for g in grouped if g["localizer"] is not None]
+    assert sorted(g["seed"] for g in classification) == [0, 1]
+    assert sorted((g["seed"], g["localizer"]) for g in per_localizer) == [
+        (0, "cam"), (0, "gradcam"), (1, "cam"), (1, "gradcam")]
     frame = _frame(records)
     cells = frame.drop_duplicates("cell_id")  # AUROC belongs to the cell, not to each localizer row
-    for g in grouped:
-        assert g["head"] == "*" and g["localizer"] == "*" and g["metrics"]["n"] == 4
+    for g in classification:
+        assert g["head"] == "*" and g["n"] == 4
         auroc = cells[cells.seed == g["seed"]]["auroc_mean"]
         assert len(auroc) == 2
         assert g["metrics"]["auroc_mean"] == pytest.approx(auroc.mean())
-        assert g["metrics"]["auroc_mean_std"] == pytest.approx(auroc.std(ddof=1))
+        assert g["spread"]["auroc_mean"] == pytest.approx(auroc.std(ddof=1))
         iou = frame[frame.seed == g["seed"]]["iou_mean"]  # localization: every (cell, localizer) row
         assert len(iou) == 4
+        # localization numbers are shown per localizer, never pooled into the classification row
+        assert "iou_mean" not in g["metrics"] and "iou_mean" not in g["spread"]
+    for g in per_localizer:
+        assert g["head"] == "*" and g["n"] == 2
+        auroc = cells[cells.seed == g["seed"]]["auroc_mean"]  # each cell once, as in the classification row
+        assert g["metrics"]["auroc_mean"] == pytest.approx(auroc.mean())
+        assert g["spread"]["auroc_mean"] == pytest.approx(auroc.std(ddof=1))
+        iou = frame[(frame.seed == g["seed"]) & (frame.localizer == g["localizer"])]["iou_mean"]
+        assert len(iou) == 2
         assert g["metrics"]["iou_mean"] == pytest.approx(iou.mean())
-        assert g["metrics"]["iou_mean_std"] == pytest.approx(iou.std(ddof=1))
+        assert g["spread"]["iou_mean"] == pytest.approx(iou.std(ddof=1))
 
 
-def test_narrow_console_moves_per_class_auroc_to_its_own_table(records):
-    from cxrbench import report
-
+def test_narrow_console_moves_per_class_auroc_to_its_own_table(rows):
     def render(width):
         console = Console(width=width, color_system=None, record=True)
-        report.render_tables(console, records, "tiny")
+        reporting.render_tables(console, rows, "tiny")
         return console.export_text()
 
     wide, narrow = render(400), render(70)
     assert "Per-class AUROC" not in wide and "Blob" in wide
     assert "Per-class AUROC: tiny" in narrow and "Blob" in narrow
     # the localization table keeps its core columns instead of cutting every one to "…"
-    assert "Acc@IoU.1" in wide and "Acc@IoU.1" not in narrow and "narrow terminal" in narrow
+    acc = label("acc_iou@0.1")
+    assert acc in wide and acc not in narrow and "narrow terminal" in narrow
     # every shared axis (one dataset) is named once in the title instead of on every row
     assert "Classification leaderboard: tiny (dataset toy" in wide.replace("\n", " ")
+
+
+def test_ci_column_names_the_level_the_cells_were_evaluated_with(rows):
+    def header(rows):
+        console = Console(width=400, color_system=None, record=True)
+        console.print(reporting.classification_table(rows, "t"))
+        return console.export_text()
+
+    assert all(r.provenance["evaluation"]["ci"] == pytest.approx(0.95) for r in rows)
+    assert "95% CI" in header(rows)
+    at_80 = [r.replace(provenance={**r.provenance, "evaluation": {**r.provenance["evaluation"], "ci": 0.8}})
+             for r in rows]
+    assert "80% CI" in header(at_80) and "95% CI" not in header(at_80)
 
 
 def test_grouped_table_shows_mean_plus_minus_std(run_cli, results, records):
@@ -254,42 +318,62 @@ def test_grouped_table_shows_mean_plus_minus_std(run_cli, results, records):
 
 def test_grouped_exports_show_the_spread_of_every_metric(run_cli, results, records):
     over = ("leaderboard", "--results", results, "--grid", "tiny", "--over", "seed")
-    grouped = {(g["head"], g["localizer"]): g["metrics"] for g in _grouped(run_cli, results,
-                                                                            "dataset,backbone,head,localizer")}
+    grouped = {(g["head"], g["localizer"]): (g["metrics"], g["spread"])
+               for g in _grouped(run_cli, results, "dataset,backbone,head,localizer")}
     lines = run_cli(*over, "--format", "markdown").output.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert not [c for c in header if c.endswith("_std")]
     assert header.count("auroc/Blob") == 1
+    assert len(lines) == 2 + len(grouped)
     for line in lines[2:]:
         row = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
-        m = grouped[(row["head"], row["localizer"])]
+        m, spread = grouped[(row["head"], row["localizer"])]
         for key in ("auroc_mean", "iou_mean", "auroc/Blob"):
-            assert row[key] == f"{m[key]:.3f}±{m[key + '_std']:.3f}", key
+            column = key if "/" in key else label(key)
+            assert row[column] == f"{m[key]:.3f}±{spread[key]:.3f}", key
+    # HTML: a group's spread is written beside its mean in the same cell, not as a column of its own
     html = run_cli(*over, "--format", "html").output
-    for column in ("auroc_mean", "auroc/Blob", "iou_mean", "hit_rate"):
-        assert re.search(rf"<th>{re.escape(column)}</th>\s*<th>{re.escape(column)}_std</th>", html), column
-    assert html.count("<th>auroc/Blob_std</th>") == 1
+    assert "_std" not in html
+    for section, key in (("Classification", "auroc_mean"), ("Classification", "auroc/Blob"),
+                         ("Localization", "iou_mean"), ("Localization", "hit_rate")):
+        table = _html_table(html, section)
+        assert table and label(key) in table[0], key
+        for row in table:
+            # the classification table has no localizer column: a head's AUROC is the same in
+            # its cam and gradcam groups (the same cells)
+            m, spread = grouped[(row["head"], row.get("localizer", "cam"))]
+            assert row[label(key)] == f"{m[key]:.3f}±{spread[key]:.3f}", key
+
+
+def _html_table(text, section):
+    """The rows of one table of an HTML export, top to bottom, as ``{header: cell text}``."""
+    table = text.split(f"<h2>{section}</h2>", 1)[1].split("</table>", 1)[0]
+    header = [html_module.unescape(h) for h in re.findall(r"<th>(.*?)</th>", table)]
+    assert len(header) == len(set(header)), header  # every column once
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+    return [dict(zip(header, row, strict=True)) for row in rows if row]
 
 
 def _html_column(text, section, column):
     """The values of one column of an HTML export's table, top to bottom."""
-    table = text.split(f"<h2>{section}</h2>", 1)[1].split("</table>", 1)[0]
-    header = re.findall(r"<th>(.*?)</th>", table)
-    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
-    return [row[header.index(column)] for row in rows if row]
+    return [row[column] for row in _html_table(text, section)]
 
 
 def test_html_export_follows_sort(run_cli, results, records):
     def html(*args):
         return run_cli("leaderboard", "--results", results, "--grid", "tiny", "--format", "html", *args).output
 
-    ms = [float(v) for v in _html_column(html("--sort", "loc_ms_per_image"), "Localization", "loc_ms_per_image")]
+    assert not catalogue.higher_is_better("loc_ms_per_image") and catalogue.higher_is_better("train_images_per_s")
+    ms = [float(v) for v in _html_column(html("--sort", "loc_ms_per_image"), "Localization",
+                                         label("loc_ms_per_image"))]
     assert len(ms) == len(records) and ms == sorted(ms)  # lower is better: fastest first
     speed = [float(v) for v in _html_column(html("--sort", "train_images_per_s"), "Classification",
-                                            "train_images_per_s")]
+                                            label("train_images_per_s"))]
     assert len(speed) == 4 and speed == sorted(speed, reverse=True)
-    default = [float(v) for v in _html_column(html(), "Classification", "auroc_mean")]
-    assert default == sorted(default, reverse=True)
+    default = [float(v) for v in _html_column(html(), "Classification", label("auroc_mean"))]
+    assert len(default) == 4 and default == sorted(default, reverse=True)
+    iou = [float(v) for v in _html_column(html(), "Localization", label("iou_mean"))]
+    assert len(iou) == len(records) and iou == sorted(iou, reverse=True)
 
 
 # --------------------------------------------------------------------------- filter, sort, top
@@ -305,18 +389,34 @@ def test_filter_keeps_matching_rows(run_cli, results, records):
     assert len(seed) == 4 and {r["seed"] for r in seed} == {1}
 
 
-def test_sort_best_first_and_lower_is_better_for_times(run_cli, results):
-    def order(*args):
-        result = run_cli("leaderboard", "--results", results, "--format", "json", *args)
-        assert result.exit_code == 0, result.output
-        return json.loads(result.output)
+def _json_order(run_cli, results, *args):
+    result = run_cli("leaderboard", "--results", results, "--format", "json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
 
-    by_iou = [r["metrics"]["iou_mean"] for r in order("--sort", "iou_mean")]
-    assert by_iou == sorted(by_iou, reverse=True)
-    by_ms = [r["metrics"]["loc_ms_per_image"] for r in order("--sort", "loc_ms_per_image")]
-    assert by_ms == sorted(by_ms)
-    by_speed = [r["info"]["train_images_per_s"] for r in order("--sort", "train_images_per_s")]
+
+def test_sort_best_first_and_lower_is_better_for_times(run_cli, results):
+    by_speed = [r["info"]["train_images_per_s"] for r in _json_order(run_cli, results, "--sort", "train_images_per_s")]
     assert by_speed == sorted(by_speed, reverse=True)
+    by_auroc = [r["metrics"]["auroc_mean"] for r in _json_order(run_cli, results, "--sort", "auroc_mean")]
+    assert by_auroc == sorted(by_auroc, reverse=True)
+    # the terminal's localization table follows a per-localizer sort key, lower-is-better for times
+    for key, reverse in (("iou_mean", True), ("loc_ms_per_image", False)):
+        ordered = localizer_rows(reporting.rows_from_cells(_cells(results)), key)
+        values = [r.metrics[key] for r in ordered]
+        assert len(values) == 8 and values == sorted(values, reverse=reverse), key
+
+
+def _cells(results):
+    with ResultsStore(results) as store:
+        return store.cells("tiny")
+
+
+def test_sort_by_a_localizer_metric_orders_every_exported_row(run_cli, results):
+    by_iou = [r["metrics"]["iou_mean"] for r in _json_order(run_cli, results, "--sort", "iou_mean")]
+    assert by_iou == sorted(by_iou, reverse=True)
+    by_ms = [r["metrics"]["loc_ms_per_image"] for r in _json_order(run_cli, results, "--sort", "loc_ms_per_image")]
+    assert by_ms == sorted(by_ms)
 
 
 def test_top_keeps_the_best_cells(run_cli, results, records):
@@ -366,11 +466,11 @@ def synthetic(tmp_path):
         store.register_grid("syn", {"name": "syn"}, list(cells))
         for i, (cell_id, scores) in enumerate(cells.items()):
             metrics = classification_metrics(labels, scores, CLASSES, groups=patients, n_boot=50)
-            store.write_result("syn", {
-                "cell_id": cell_id, "axes": {"dataset": "syn", "backbone": "net", "head": f"h{i}", "seed": 0},
-                "config": {}, "status": "ok", "metrics": metrics, "localizations": [],
-                "info": {"parameters": 1000 * (i + 1), "train_images_per_s": 50.0, "inference_images_per_s": 200.0},
-            })
+            store.write_result("syn", CellResult(
+                cell_id=cell_id, grid="syn", axes=CellAxes(dataset="syn", backbone="net", head=f"h{i}", seed=0),
+                config={}, status="ok", metrics=metrics, localizations=(),
+                info={"parameters": 1000 * (i + 1), "train_images_per_s": 50.0, "inference_images_per_s": 200.0},
+            ))
             folder = store.cell_dir(cell_id)
             folder.mkdir(parents=True)
             np.savez(folder / "predictions.npz", ids=np.asarray([f"img{j}" for j in range(n)]), patient_ids=patients,
@@ -385,12 +485,14 @@ def test_significance_flag_when_one_model_is_perfect(synthetic, run_cli):
     perfect = labels + 0.1 * rng.random(labels.shape)
     noisy = rng.random(labels.shape)
     with build({"aaaaperfect0": perfect, "bbbbbnoisy00": noisy}) as store:
-        records = store.records("syn")
+        records = store_records(store, "syn")
         assert records[0]["metrics"]["auroc_mean"] == pytest.approx(1.0)
-        sig = report.significance(records, store.root)
-    assert sig["best"] == "aaaaperfect0" and sig["next"] == "bbbbbnoisy00"
-    assert sig["significant"] is True
-    assert sig["diff"] > 0.3 and sig["low"] > 0 and sig["p"] < 0.01
+        sig = reporting.significance(reporting.rows_from_cells(store.cells("syn")), store.root)
+    assert isinstance(sig, Significance)
+    assert sig.best == "aaaaperfect0" and sig.next == "bbbbbnoisy00"
+    assert sig.significant is True
+    assert sig.diff > 0.3 and sig.low > 0 and sig.p < 0.01 and sig.low <= sig.diff <= sig.high
+    assert sig.sentence().startswith("Top cell aaaaperfect0 is [green]significantly better[/] than bbbbbnoisy00")
     out = run_cli("leaderboard", "--results", store.root).output
     assert "Top cell aaaaperfect0 is significantly better than bbbbbnoisy00" in out
     row = next(line for line in out.splitlines() if line.startswith("│ 1 "))
@@ -405,8 +507,9 @@ def test_no_significance_flag_between_identical_rows(synthetic, run_cli):
     build, labels, rng = synthetic
     scores = np.clip(labels * 0.3 + 0.7 * rng.random(labels.shape), 0, 1)
     with build({"cccccsame000": scores, "dddddsame000": scores.copy()}) as store:
-        sig = report.significance(store.records("syn"), store.root)
-    assert sig["significant"] is False and sig["diff"] == 0 and sig["p"] == 1
+        sig = reporting.significance(reporting.rows_from_cells(store.cells("syn")), store.root)
+    assert sig.significant is False and sig.diff == 0 and sig.p == 1
+    assert "not significantly different from" in sig.sentence()
     out = run_cli("leaderboard", "--results", store.root).output
     assert "not significantly different from" in out
     assert "*" not in "".join(line for line in out.splitlines() if line.startswith("│"))
@@ -419,7 +522,7 @@ def test_significance_needs_the_same_test_images(synthetic):
         data = dict(np.load(path))
         data["ids"] = data["ids"][::-1].copy()  # another order = not a paired comparison
         np.savez(path, **data)
-        assert report.significance(store.records("syn"), store.root) is None
+        assert reporting.significance(reporting.rows_from_cells(store.cells("syn")), store.root) is None
 
 
 def test_synthetic_speed_and_size_columns(synthetic, run_cli):
@@ -498,18 +601,22 @@ def test_report_unknown_grid_is_a_usage_error(run_cli, results, tmp_path):
                  "no grid named 'nope'", "tiny")
 
 
-def test_group_records_without_ok_records_and_nan_std():
-    base = {"grid": "g", "dataset": "d", "backbone": "b", "head": "h", "localizer": None, "status": "ok", "info": {}}
-    rows = [{**base, "cell_id": "c1", "seed": 0, "metrics": {"auroc_mean": 0.8}},
-            {**base, "cell_id": "c2", "seed": 1, "metrics": {"auroc_mean": 0.6}},
-            {**base, "cell_id": "c3", "seed": 2, "status": "failed", "metrics": {}}]
-    (grouped,) = report.group_records(rows, ["backbone"])
-    assert grouped["metrics"]["auroc_mean"] == pytest.approx(0.7)
-    assert grouped["metrics"]["auroc_mean_std"] == pytest.approx(math.sqrt(0.02))
-    assert grouped["metrics"]["n"] == 2  # the failed cell is left out
-    (single,) = report.group_records(rows[:1], ["seed"])
-    assert math.isnan(single["metrics"]["auroc_mean_std"])
-    assert report.group_records(rows[2:], ["seed"]) == []
+def test_group_rows_without_ok_rows_and_nan_std():
+    base = {"kind": "cell", "grid": "g", "dataset": "d", "backbone": "b", "head": "h", "localizer": None,
+            "status": "ok"}
+    rows = [LeaderboardRow(**base, cell_id="c1", seed=0, metrics={"auroc_mean": 0.8}),
+            LeaderboardRow(**base, cell_id="c2", seed=1, metrics={"auroc_mean": 0.6}),
+            LeaderboardRow(**{**base, "status": "failed"}, cell_id="c3", seed=2, metrics={})]
+    (grouped,) = reporting.group_rows(rows, ["backbone"])
+    assert grouped.kind == "group" and grouped.backbone == "b" and grouped.seed == "*"
+    assert grouped.localizer is None  # no row had a localizer
+    assert grouped.metrics["auroc_mean"] == pytest.approx(0.7)
+    assert grouped.spread["auroc_mean"] == pytest.approx(math.sqrt(0.02))
+    assert grouped.n == 2 and grouped.cell_id == "2 cells"  # the failed cell is left out
+    (single,) = reporting.group_rows(rows[:1], ["seed"])
+    assert math.isnan(single.spread["auroc_mean"])
+    assert single.to_json()["spread"]["auroc_mean"] is None  # NaN exported as null
+    assert reporting.group_rows(rows[2:], ["seed"]) == []
 
 
 # --------------------------------------------------------------------------- plugin columns

@@ -14,7 +14,8 @@ import yaml
 
 from cxrbench.config import TrainSpec
 from cxrbench.data import load_split
-from cxrbench.runner import build_dataset, build_model
+from cxrbench.interfaces import Classifier
+from cxrbench.pipeline import open_dataset as build_dataset
 from cxrbench.training import train_model
 from tests.conftest import REPO
 
@@ -82,15 +83,15 @@ def test_killed_cell_resumes_from_its_last_epoch(toy_registry, tmp_path):
 
     def fresh():
         torch.manual_seed(0)
-        return build_model(spec("backbone", "tiny", {"width": 4}), spec("head", "avg", {}), dataset.classes)
+        return Classifier.build(spec("backbone", "tiny", {"width": 4}), spec("head", "avg", {}), dataset.classes)
 
     reference = fresh()
     train_model(reference, train, val, settings, seed=0, device=torch.device("cpu"))
 
     model = fresh()
 
-    def die_in_epoch_3(phase, step, total):
-        if phase.startswith("epoch 3"):
+    def die_in_epoch_3(progress):
+        if progress.phase == "train" and progress.epoch == 3:
             raise Killed
 
     with pytest.raises(Killed):

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import store_records
 from sklearn.metrics import roc_auc_score
 
 from cxrbench.config import parse_grid
-from cxrbench.runner import run_grid
+from cxrbench.driver import run_grid
+from cxrbench.pipeline import failed_result
 from cxrbench.store import ResultsStore
 
 
@@ -15,7 +17,7 @@ def run(toy_pm, toy_registry, tmp_path):
         grid = parse_grid(grid_dict, toy_registry)
         with ResultsStore(tmp_path / "results") as store:
             summary = run_grid(grid, toy_pm, store, **kw)
-            return summary, store.records(grid.name), store
+            return summary, store_records(store, grid.name), store
 
     return go
 
@@ -94,12 +96,13 @@ def test_lifecycle_hooks_and_a_plugin_taking_over_a_cell(tiny_grid_dict, tmp_pat
         def cxrbench_run_cell(self, task):
             if task.cell.head.name != "max":
                 return None  # let the core run it
-            return {"metrics": {"auroc_mean": 0.5}, "info": {"from": "plugin"}, "localizations": []}
+            return failed_result(task, "").replace(status="ok", error=None, metrics={"auroc_mean": 0.5},
+                                                   info={"from": "plugin"})
 
         @cxrbench.hookimpl
         def cxrbench_cell_finished(self, task, result):
             committed = self.store.cell(task.cell.cell_id)  # the record is in the store already
-            self.events.append(("finished", task.cell.cell_id, result["status"], committed["status"]))
+            self.events.append(("finished", task.cell.cell_id, result.status, committed.status))
 
     recorder = Recorder()
     pm = build_plugin_manager(plugins=[*builtin_plugins(), ("toy", toy), ("recorder", recorder)], entry_points=False)
@@ -107,7 +110,7 @@ def test_lifecycle_hooks_and_a_plugin_taking_over_a_cell(tiny_grid_dict, tmp_pat
     with ResultsStore(tmp_path / "results") as store:
         recorder.store = store
         summary = run_grid(grid, pm, store)
-        records = store.records(grid.name)
+        records = store_records(store, grid.name)
     assert summary.ok == 2
     (kind, name, all_ids, pending), *finished = recorder.events
     assert (kind, name) == ("collected", "tiny") and all_ids == pending and len(all_ids) == 2
@@ -119,7 +122,7 @@ def test_lifecycle_hooks_and_a_plugin_taking_over_a_cell(tiny_grid_dict, tmp_pat
 
 
 def test_force_retrains_and_replaces_records_only_when_each_cell_finishes(run, tiny_grid_dict, monkeypatch):
-    from cxrbench import runner
+    from cxrbench import pipeline as runner
 
     tiny_grid_dict["localizers"] = ["cam", "gradcam"]
     summary, first, store = run(tiny_grid_dict)
@@ -127,11 +130,11 @@ def test_force_retrains_and_replaces_records_only_when_each_cell_finishes(run, t
     # the forced run dies in its second cell: the first is replaced, the second keeps its old record
     real, calls = runner.run_cell_core, []
 
-    def dies_second(task):
+    def dies_second(task, reporter):
         calls.append(task.cell.cell_id)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(task)
+        return real(task, reporter)
 
     monkeypatch.setattr(runner, "run_cell_core", dies_second)
     tiny_grid_dict["localizers"] = ["cam"]  # gradcam rows of a retrained cell must not survive

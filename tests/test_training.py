@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import store_records
 from sklearn.metrics import roc_auc_score
 
 from cxrbench import training
 from cxrbench.config import ComponentSpec, TrainSpec, parse_grid
 from cxrbench.data import Augment, BatchLoader, load_split, normalise
+from cxrbench.driver import run_grid
 from cxrbench.errors import CellError
+from cxrbench.events import Progress
+from cxrbench.interfaces import Classifier
 from cxrbench.options import parse_options
-from cxrbench.runner import build_dataset, build_model, run_grid
+from cxrbench.pipeline import open_dataset as build_dataset
 from cxrbench.store import ResultsStore
-from cxrbench.training import make_optimizer, make_scheduler, masked_bce, predict, train_model
+from cxrbench.training import (
+    EpochLoss,
+    TrainState,
+    make_optimizer,
+    make_scheduler,
+    masked_bce,
+    predict,
+    train_model,
+)
 
 CPU = torch.device("cpu")
 
@@ -36,9 +49,9 @@ def toy(toy_registry):
     dataset = build_dataset(component(toy_registry, "dataset", "toy", {"num_images": 64, "image_size": 32}))
     splits = {name: load_split(dataset, name, 32) for name in ("train", "val", "test")}
 
-    def fresh(head="avg"):
+    def fresh(head="avg", width=4):
         torch.manual_seed(0)
-        return build_model(component(toy_registry, "backbone", "tiny", {"width": 4}),
+        return Classifier.build(component(toy_registry, "backbone", "tiny", {"width": width}),
                            component(toy_registry, "head", head), dataset.classes)
 
     return splits, fresh
@@ -323,7 +336,7 @@ def test_non_finite_loss_fails_the_cell_in_a_grid(toy_pm, toy_registry, tiny_gri
     grid = parse_grid(tiny_grid_dict, toy_registry)
     with ResultsStore(tmp_path / "results") as store:
         summary = run_grid(grid, toy_pm, store)
-        record = store.records(grid.name)[0]
+        record = store_records(store, grid.name)[0]
     assert summary.failed == 1 and record["status"] == "failed"
     assert record["error"].startswith("CellError: training loss became NaN or infinite in epoch 1")
 
@@ -354,15 +367,15 @@ def test_cell_checkpoint_has_weights_and_resolved_config(toy_pm, toy_registry, t
     with ResultsStore(tmp_path / "results") as store:
         run_grid(grid, toy_pm, store)
         record = store.cells(grid.name)[0]
-        cell_dir = store.cell_dir(record["cell_id"])
-    assert record["status"] == "ok"
+        cell_dir = store.cell_dir(record.cell_id)
+    assert record.status == "ok"
     state = torch.load(cell_dir / "best.pt", map_location="cpu", weights_only=True)
-    assert state["config"] == record["config"]
+    assert state["config"] == record.config
     train = state["config"]["train"]
     assert train["epochs"] == 2 and train["optimizer"] == "adam" and train["loss"] == "bce"  # defaults resolved
     assert state["classes"] == ["Blob", "Bar"]
     # the weights reproduce the stored test predictions
-    model = build_model(grid.backbones[0], grid.heads[0], state["classes"])
+    model = Classifier.build(grid.backbones[0], grid.heads[0], state["classes"])
     model.load_state_dict(state["model"])
     dataset = build_dataset(grid.datasets[0])
     stored = np.load(cell_dir / "predictions.npz")
@@ -468,3 +481,292 @@ def test_classifier_is_backbone_then_head(toy, head):
     assert model.classes == ["Blob", "Bar"]
     assert model.get_submodule(model.default_target_layer) is model.backbone.get_submodule(
         model.backbone.target_layer)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def recording_losses(monkeypatch):
+    """Record every training loss masked_bce returns, as a Python float."""
+    losses = []
+    real = training.masked_bce
+
+    def spy(logits, targets, **kwargs):
+        loss = real(logits, targets, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(training, "masked_bce", spy)
+    return losses
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_training_reports_every_step_and_each_epoch(toy, monkeypatch, with_val):
+    splits, fresh = toy
+    losses = recording_losses(monkeypatch)
+    seen: list[Progress] = []
+    spec = TrainSpec(epochs=2, batch_size=16, lr=0.01)
+    outcome = train_model(fresh(), splits["train"], splits["val"] if with_val else None, spec, seed=0, device=CPU,
+                          progress=seen.append)
+    steps = len(splits["train"]) // 16
+    assert steps >= 2 and len(losses) == 2 * steps
+    assert all(isinstance(p, Progress) and p.phase == "train" and p.epochs == 2 for p in seen)
+    # every step, then once more after the epoch's validation
+    expected = [(e, s) for e in (1, 2) for s in [*range(1, steps + 1), steps]]
+    assert [(p.epoch, p.done) for p in seen] == expected and {p.total for p in seen} == {steps}
+    fractions = [p.fraction() for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for e in (1, 2):
+        epoch = [p for p in seen if p.epoch == e]
+        epoch_losses = losses[(e - 1) * steps : e * steps]
+        for p in epoch[:-1]:  # the running mean of the epoch so far (on the CPU it is read every step)
+            assert isinstance(p.loss, float) and p.loss == pytest.approx(np.mean(epoch_losses[: p.done]), rel=1e-6)
+            previous = outcome.history[e - 2].get("val_auroc_mean") if e > 1 else None
+            assert p.val_auroc == previous  # the last finished epoch's validation
+        end, record = epoch[-1], outcome.history[e - 1]
+        assert end.loss == record["loss"] == pytest.approx(np.mean(epoch_losses), rel=1e-6)
+        assert end.val_auroc == record.get("val_auroc_mean")
+        assert (end.val_auroc is not None) == with_val
+    assert all(h["seconds"] > 0 for h in outcome.history)
+
+
+def test_an_undefined_val_auroc_is_reported_as_none(toy, monkeypatch):
+    splits, fresh = toy
+    scripted_auroc(monkeypatch, fresh(), [math.nan, 0.7])
+    seen: list[Progress] = []
+    train_model(fresh(), splits["train"], splits["val"], TrainSpec(epochs=2, batch_size=16), seed=0, device=CPU,
+                progress=seen.append)
+    assert {p.val_auroc for p in seen if p.epoch == 1} == {None}
+    assert seen[-1].val_auroc == 0.7
+
+
+def test_predict_reports_each_batch_with_its_detail(toy):
+    splits, fresh = toy
+    seen: list[Progress] = []
+    predict(fresh(), splits["test"], 5, CPU, progress=seen.append, detail="test")  # 16 images: 4 batches
+    assert seen == [Progress("predict", step, 4, detail="test") for step in range(1, 5)]
+    assert seen[-1].label() == "predict test" and seen[-1].fraction() == 1.0
+
+
+def test_epoch_loss_running_mean_on_the_cpu_is_exact():
+    meter = EpochLoss(CPU)
+    assert meter.running_mean() is None
+    for value in (1.0, 2.0, 6.0):
+        meter.add(torch.tensor(value))
+    assert meter.running_mean() == meter.mean() == 3.0 and meter.finite()
+    meter.add(torch.tensor(math.inf))
+    assert not meter.finite()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_epoch_loss_running_mean_on_cuda_never_synchronises():
+    cuda = torch.device("cuda")
+    meter = EpochLoss(cuda)
+    values = torch.arange(1, 21, dtype=torch.float32, device=cuda)
+    torch.cuda.synchronize()
+    seen = []
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation below raises
+    try:
+        for value in values:
+            meter.add(value)
+            seen.append(meter.running_mean())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seen[0] is None  # the first copy has only just been started
+    prefix_means = {sum(range(1, k + 1)) / k for k in range(1, 21)}
+    assert all(m is None or m in prefix_means for m in seen)  # a lagging but exact mean of a prefix
+    torch.cuda.synchronize()
+    meter.running_mean()  # collects the copy in flight, starts one of the full sum
+    torch.cuda.synchronize()
+    assert meter.running_mean() == meter.mean() == 10.5
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+LAST_PT_KEYS = {"model", "optimizer", "scheduler", "numpy_rng", "torch_rng", "global_rng", "history", "best_model",
+                "best_score", "best_epoch", "epoch", "stale"}
+"""The layout of ``last.pt`` as written before TrainState existed."""
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(epoch, done):
+    """A progress callback that stops training at the first report of (``epoch``, ``done``)."""
+
+    def callback(p: Progress):
+        if p.epoch == epoch and p.done == done:
+            raise Killed
+
+    return callback
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_killed_training_resumes_from_its_last_epoch(toy, tmp_path, device):
+    splits, fresh = toy
+    device = torch.device(device)
+    spec = TrainSpec(epochs=3, batch_size=8, lr=0.01, schedule="cosine", flip=True)
+
+    def run(progress=None, checkpoint_dir=None):
+        model = fresh().to(device)
+        outcome = train_model(model, splits["train"], splits["val"], spec, seed=0, device=device,
+                              checkpoint_dir=checkpoint_dir, progress=progress)
+        return model, outcome
+
+    reference, reference_outcome = run()
+    with pytest.raises(Killed):
+        run(kill_at(3, 1), tmp_path)
+    assert TrainState.load(tmp_path / "last.pt").epoch == 2
+    seen: list[Progress] = []
+    resumed, outcome = run(seen.append, tmp_path)
+    assert outcome.resumed_from_epoch == 2
+    assert [h["epoch"] for h in outcome.history] == [1, 2, 3]
+    assert np.isfinite(outcome.history[-1]["loss"])
+    assert {p.epoch for p in seen} == {3}
+    assert seen[0].val_auroc == outcome.history[1]["val_auroc_mean"]  # epoch 2's, from the file
+    if device.type == "cpu":  # bit for bit (CUDA kernels need not be deterministic)
+        for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        assert [h["loss"] for h in outcome.history] == [h["loss"] for h in reference_outcome.history]
+
+
+def test_train_state_round_trips_in_the_old_file_layout(toy, tmp_path):
+    splits, fresh = toy
+    model = fresh()
+    spec = TrainSpec(epochs=2, batch_size=16, schedule="step", step_size=1)
+    outcome = train_model(model, splits["train"], splits["val"], spec, seed=0, device=CPU, checkpoint_dir=tmp_path)
+    path = tmp_path / "last.pt"
+    assert set(torch.load(path, weights_only=True)) == LAST_PT_KEYS
+    state = TrainState.load(path)
+    assert state.epoch == 2 and state.history == outcome.history and state.best_epoch == outcome.best_epoch
+    assert isinstance(state.numpy_rng["state"], str)  # 128-bit ints travel as strings
+    state.save(tmp_path / "copy.pt")
+    again = TrainState.load(tmp_path / "copy.pt")
+    assert again.history == state.history and again.numpy_rng == state.numpy_rng
+    assert (again.epoch, again.best_epoch, again.stale, again.best_score) == (
+        state.epoch, state.best_epoch, state.stale, state.best_score)
+    assert states_equal(again.model, state.model) and states_equal(again.best_model, model.state_dict())
+    assert torch.equal(again.torch_rng, state.torch_rng) and torch.equal(again.global_rng, state.global_rng)
+    assert again.scheduler == state.scheduler
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resumes_from_a_file_written_by_the_old_code(toy, tmp_path, monkeypatch):
+    """``last.pt`` exactly as the loop wrote it before TrainState (the dict literal below is that code)."""
+    splits, fresh = toy
+    spec = TrainSpec(epochs=3, batch_size=8, lr=0.01, schedule="cosine", flip=True)
+    reference = fresh()
+    train_model(reference, splits["train"], None, spec, seed=0, device=CPU)
+
+    made = {}
+    real_optimizer, real_scheduler = training.make_optimizer, training.make_scheduler
+
+    class Recording(BatchLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["loader"] = self
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "BatchLoader", Recording)
+        patch.setattr(training, "make_optimizer", lambda m, s: made.setdefault("optimizer", real_optimizer(m, s)))
+        patch.setattr(training, "make_scheduler", lambda o, s: made.setdefault("scheduler", real_scheduler(o, s)))
+        model = fresh()
+        seen = []
+
+        def stop_after_epoch_1(p: Progress):
+            seen.append(p)
+            if len(seen) == len(made["loader"]) + 1:  # epoch 1's steps, then its end: nothing of epoch 2 ran
+                raise Killed
+
+        with pytest.raises(Killed):
+            train_model(model, splits["train"], None, spec, seed=0, device=CPU, progress=stop_after_epoch_1)
+    assert {p.epoch for p in seen} == {1}
+
+    def old_rng_state_to_tensor(state):
+        inner = state["state"]
+        return {"bit_generator": state["bit_generator"], "state": str(inner["state"]), "inc": str(inner["inc"]),
+                "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+    model, optimizer, scheduler, loader = model, made["optimizer"], made["scheduler"], made["loader"]
+    history = [{"epoch": 1, "loss": 0.5, "lr": 0.01, "seconds": 0.1}]
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "numpy_rng": old_rng_state_to_tensor(loader.rng.bit_generator.state),
+            "torch_rng": loader.generator.get_state(),
+            "global_rng": torch.get_rng_state(),
+            "history": history,
+            "best_model": None,
+            "best_score": math.nan,
+            "best_epoch": 1,
+            "epoch": 1,
+            "stale": 0,
+        },
+        tmp_path / "last.pt",
+    )
+    resumed = fresh()
+    outcome = train_model(resumed, splits["train"], None, spec, seed=0, device=CPU, checkpoint_dir=tmp_path)
+    assert outcome.resumed_from_epoch == 1 and outcome.history[0] == history[0] and outcome.best_epoch == 3
+    assert states_equal(resumed.state_dict(), reference.state_dict())
+
+
+class NotATensor:
+    pass
+
+
+def write_garbage(path, real):
+    path.write_bytes(b"this is not a checkpoint")
+
+
+def write_truncated(path, real):
+    path.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+
+
+def write_missing_field(path, real):
+    state = torch.load(real, weights_only=True)
+    del state["stale"]
+    torch.save(state, path)
+
+
+def write_pickled_object(path, real):
+    torch.save({"epoch": 1, "history": [NotATensor()]}, path)
+
+
+def write_list(path, real):
+    torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("write, reason", [
+    (write_garbage, "cannot read"),
+    (write_truncated, "cannot read"),
+    (write_pickled_object, "cannot read"),  # weights_only refuses arbitrary objects
+    (write_missing_field, "lacks stale"),
+    (write_list, "not a dict"),
+])
+def test_an_unreadable_resume_file_is_a_cell_error_naming_it(toy, tmp_path, write, reason):
+    splits, fresh = toy
+    spec = TrainSpec(epochs=1, batch_size=16)
+    real, cell = tmp_path / "real", tmp_path / "cell"
+    real.mkdir()
+    cell.mkdir()
+    train_model(fresh(), splits["train"], None, spec, seed=0, device=CPU, checkpoint_dir=real)
+    write(cell / "last.pt", real / "last.pt")
+    with pytest.raises(CellError, match=re.escape(str(cell / "last.pt"))) as info:
+        train_model(fresh(), splits["train"], None, spec, seed=0, device=CPU, checkpoint_dir=cell)
+    message = str(info.value)
+    assert reason in message and "delete it" in message and "\n" not in message
+
+
+def test_a_resume_file_of_another_model_is_a_cell_error_naming_it(toy, tmp_path):
+    splits, fresh = toy
+    spec = TrainSpec(epochs=2, batch_size=16)
+    with pytest.raises(Killed):
+        train_model(fresh(width=8), splits["train"], None, spec, seed=0, device=CPU, checkpoint_dir=tmp_path,
+                    progress=kill_at(2, 1))
+    with pytest.raises(CellError, match=rf"resume checkpoint {re.escape(str(tmp_path / 'last.pt'))} does not fit"):
+        train_model(fresh(width=4), splits["train"], None, spec, seed=0, device=CPU, checkpoint_dir=tmp_path)

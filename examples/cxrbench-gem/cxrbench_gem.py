@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import cxrbench
-from cxrbench.interfaces import PoolingHead
+from cxrbench.api import PoolingHead
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from cxrbench.interfaces import Localizer
+from cxrbench.api import Localizer
 
 from .capture import eval_mode
 from .postprocess import finish_maps
 
 if TYPE_CHECKING:
-    from cxrbench.model import Classifier
+    from cxrbench.api import Classifier
 
 
 def check_classes(classes: Sequence[int], num_classes: int | None) -> list[int]:

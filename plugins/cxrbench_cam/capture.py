@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from cxrbench.errors import UsageError
+from cxrbench.api import UsageError
 
 
 def resolve_layer(model: nn.Module, path: str, option: str = "target_layer") -> nn.Module:

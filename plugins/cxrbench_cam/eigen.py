@@ -13,7 +13,7 @@ from .capture import forward_capture
 from .options import LayerOptions
 
 if TYPE_CHECKING:
-    from cxrbench.model import Classifier
+    from cxrbench.api import Classifier
 
 
 def principal_projection(activation: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from .capture import class_gradients, forward_capture
 from .options import LayerOptions
 
 if TYPE_CHECKING:
-    from cxrbench.model import Classifier
+    from cxrbench.api import Classifier
 
 
 def _weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:

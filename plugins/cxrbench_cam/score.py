@@ -15,7 +15,7 @@ from .options import ScoreOptions
 from .postprocess import normalize_maps
 
 if TYPE_CHECKING:
-    from cxrbench.model import Classifier
+    from cxrbench.api import Classifier
 
 
 class ScoreCAM(MapLocalizer):

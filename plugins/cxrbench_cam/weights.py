@@ -12,7 +12,7 @@ from .base import MapLocalizer
 from .options import MapOptions, PcamOptions
 
 if TYPE_CHECKING:
-    from cxrbench.model import Classifier
+    from cxrbench.api import Classifier
 
 
 def _class_weights(model: Classifier) -> tuple[Tensor, Tensor] | None:

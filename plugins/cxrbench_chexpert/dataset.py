@@ -16,21 +16,13 @@ images present are used (a partial download works, with one warning).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import threading
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import UsageError
-from cxrbench.imageio import read_grey, scan_files
-from cxrbench.interfaces import Dataset, DatasetContext, Split
-from cxrbench.options import options_to_dict
-from cxrbench.splits import patient_split
+from cxrbench.api import DatasetContext, FileDataset, FileLayout, Split, UsageError, patient_split
 
 from .labels import apply_policy, resolve_classes, resolve_uncertain
 
@@ -56,14 +48,12 @@ def patient_ids(paths: pd.Series) -> list[str]:
     return [_patient_of(p) for p in paths.fillna("").tolist()]
 
 
-@dataclasses.dataclass
-class _Loaded:
-    splits: dict[str, Split]
-    paths: dict[str, list[str]]
+class CheXpert(FileDataset):
+    """CheXpert: 14 observations with uncertain labels; test = the published valid.csv.
 
-
-class CheXpert(Dataset):
-    """CheXpert: 14 observations with uncertain labels; test = the published valid.csv."""
+    Splits: ``train`` and ``val`` (patient-disjoint parts of train.csv) and ``test``
+    (valid.csv). Image paths are relative to the release folder.
+    """
 
     NAME = "chexpert"
     HAS_BOXES: ClassVar[bool] = False
@@ -86,6 +76,8 @@ class CheXpert(Dataset):
                 the seed project did.
             val_fraction: fraction of train.csv's patients held out as ``val``.
             split_seed: seed of that patient-level split.
+            follow_symlinks: follow links that lead outside the release folder (refused by
+                default).
 
         """
 
@@ -96,6 +88,7 @@ class CheXpert(Dataset):
         oversample_positives: bool = False
         val_fraction: float = 0.1
         split_seed: int = 0
+        follow_symlinks: bool = False
 
         def validate(self) -> None:
             """Check the class list, the uncertain policy and the validation fraction."""
@@ -103,31 +96,37 @@ class CheXpert(Dataset):
             if not 0.0 <= self.val_fraction < 1.0:
                 raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
+    release: Path
+    """The release folder as found under ``root`` (not resolved, unlike :attr:`root`)."""
+
     def __init__(self, options: Options, context: DatasetContext | None = None) -> None:
-        super().__init__(options, context or DatasetContext())
-        options.validate()
+        super().__init__(options, context)
         self.classes = list(resolve_classes(options.classes))
         self._uncertain = resolve_uncertain(options.uncertain, tuple(self.classes))
-        self.release = self._locate_release(Path(os.path.expanduser(options.root)).resolve())
-        self._lock = threading.Lock()
-        self._loaded: _Loaded | None = None
-        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ files
 
-    def _locate_release(self, root: Path) -> Path:
-        if not root.is_dir():
-            raise UsageError(f"chexpert: root {self.options.root} is not a folder")
-        candidates = [root] + [root / name for name in RELEASE_FOLDERS]
-        for folder in candidates:
+    def locate(self, root: Path) -> FileLayout:
+        """The release folder (``root`` or a release-named folder in it) and its two tables."""
+        for folder in [root] + [root / name for name in RELEASE_FOLDERS]:
             if any((folder / table).is_file() for table in TABLES.values()):
                 missing = [t for t in TABLES.values() if not (folder / t).is_file()]
                 if missing:
                     raise UsageError(f"chexpert: missing under {folder}: {', '.join(missing)}")
-                return folder
+                self.release = folder
+                return FileLayout(root=folder, tables={name: folder / t for name, t in TABLES.items()})
         raise UsageError(
             f"chexpert: no train.csv / valid.csv in {root} or in {root}/{RELEASE_FOLDERS[0]} (or {RELEASE_FOLDERS[1]})"
         )
+
+    def listing_name(self, relative: str) -> str:
+        """The image's path in the release folder, cut as fingerprints always cut it.
+
+        They cut the release folder's path as found (not resolved) off each image's real
+        path; for a release folder that is a link to a longer or shorter path, doing the
+        same keeps existing fingerprints, and so the cell ids of existing result stores.
+        """
+        return self.absolute(relative)[len(str(self.release)) + 1 :]
 
     def _read_table(self, path: Path) -> pd.DataFrame:
         header = pd.read_csv(path, nrows=0).columns
@@ -150,21 +149,15 @@ class CheXpert(Dataset):
 
     # ------------------------------------------------------------------ loading
 
-    def _load(self) -> _Loaded:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = self._build()
-            return self._loaded
-
-    def _build(self) -> _Loaded:
+    def build(self) -> dict[str, tuple[Split, list[str]]]:
+        """``train`` / ``val`` from train.csv and ``test`` from valid.csv, images present only."""
         opts = self.options
-        frames = {name: self._read_table(self.release / table) for name, table in TABLES.items()}
-        # One walk of the release folder finds the images present. Table paths are
-        # only looked up among them (links leaving the folder are refused), so no
-        # table entry can point outside it, and no file is stat'ed per table row.
-        found = scan_files(self.release, suffixes=IMAGE_SUFFIXES)
+        frames = {name: self._read_table(path) for name, path in self.tables.items()}
+        # Table paths are only looked up among the images one walk found, so no table
+        # entry can point outside the release folder.
+        found = self.find_images(suffixes=IMAGE_SUFFIXES)
         if not found:
-            raise UsageError(f"chexpert: no images (.jpg, .png) under {self.release}")
+            raise UsageError(f"chexpert: no images (.jpg, .png) under {self.root}")
         for frame in frames.values():
             prefix = self._table_prefix(frame["Path"])
             frame["file"] = frame["Path"].map({prefix + rel: path for rel, path in found.items()})
@@ -182,8 +175,7 @@ class CheXpert(Dataset):
         }
 
         n_wanted = n_present = 0
-        splits: dict[str, Split] = {}
-        split_paths: dict[str, list[str]] = {}
+        built: dict[str, tuple[Split, list[str]]] = {}
         for name, (frame, chosen) in selections.items():
             if opts.frontal_only:
                 chosen = chosen & (frame["Frontal/Lateral"].to_numpy() == "Frontal")
@@ -200,55 +192,9 @@ class CheXpert(Dataset):
             files = files[rows]
             if name == "train" and opts.oversample_positives:
                 ids, patients, labels, files = _repeat_positives(ids, patients, labels, files)
-            splits[name] = Split(ids=list(ids), patient_ids=list(patients), labels=labels)
-            split_paths[name] = list(files)
-        self._warn_missing(n_wanted, n_present)
-        return _Loaded(splits=splits, paths=split_paths)
-
-    def _warn_missing(self, n_wanted: int, n_present: int) -> None:
-        what = "frontal images" if self.options.frontal_only else "images"
-        if n_wanted and not n_present:
-            raise UsageError(f"chexpert: none of the {n_wanted:,} listed {what} is under {self.release}")
-        if n_present < n_wanted:
-            self.context.warn(
-                f"chexpert: {n_wanted - n_present:,} of {n_wanted:,} listed {what} are missing under "
-                f"{self.release} (partial download?); using the {n_present:,} present"
-            )
-
-    # ------------------------------------------------------------------ contract
-
-    def split(self, name: str) -> Split:
-        """Records of ``train`` / ``val`` (patient-disjoint parts of train.csv) or
-        ``test`` (valid.csv).
-        """
-        loaded = self._load()
-        if name not in loaded.splits:
-            raise UsageError(f"chexpert has no split {name!r}; splits: {', '.join(loaded.splits)}")
-        return loaded.splits[name]
-
-    def image_path(self, split: str, index: int) -> str:
-        """The file of image ``index`` of ``split``."""
-        self.split(split)
-        return self._load().paths[split][index]
-
-    def read_image(self, split: str, index: int) -> np.ndarray:
-        """Image ``index`` of ``split`` as a 2-D uint8 grey array."""
-        return read_grey(self.image_path(split, index))
-
-    def fingerprint(self) -> str:
-        """Options (without ``root``) plus a digest of the tables and used images' names and sizes."""
-        if self._fingerprint is None:
-            loaded = self._load()
-            digest = hashlib.sha256()
-            for table in TABLES.values():
-                digest.update(f"{table}\t{(self.release / table).stat().st_size}\n".encode())
-            cut = len(str(self.release)) + 1  # every file found lies under the release folder
-            used = sorted({p for paths in loaded.paths.values() for p in paths})
-            listing = "".join(f"{p[cut:]}\t{os.stat(p).st_size}\n" for p in used)
-            digest.update(listing.encode())
-            chosen = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
-            self._fingerprint = f"{self.NAME}:{json.dumps(chosen, sort_keys=True)}:{digest.hexdigest()[:16]}"
-        return self._fingerprint
+            built[name] = (Split(ids=list(ids), patient_ids=list(patients), labels=labels), list(files))
+        self.report_missing(n_wanted, n_present, "frontal images" if opts.frontal_only else "images")
+        return built
 
 
 def _repeat_positives(

@@ -16,8 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import cxrbench
-from cxrbench.interfaces import Executor
-from cxrbench.runner import execute_cell, failed_result
+from cxrbench.api import Event, Executor, QueueEvents, RunEvents, execute_cell, failed_result
 
 
 class LocalExecutor(Executor):
@@ -25,16 +24,14 @@ class LocalExecutor(Executor):
 
     NAME = "local"
 
-    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], progress: Any = None,
-            warn: Any = None, cell_started: Any = None) -> None:
+    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], events: RunEvents) -> None:
         for task in tasks:
-            if cell_started is not None:
-                cell_started(task.cell)
-            on_result(execute_cell(task, progress=progress, warn=warn))
+            events.cell_started(task.cell_id, f"pid {os.getpid()}")
+            on_result(execute_cell(task, events))
 
 
 _EVENTS: Any = None
-"""In a worker: the queue carrying ``start`` and ``progress`` events back to the main process."""
+"""In a worker: the queue carrying run events back to the main process."""
 
 
 def _init_worker(threads: int, events: Any = None) -> None:
@@ -47,15 +44,9 @@ def _init_worker(threads: int, events: Any = None) -> None:
 
 
 def _run_in_worker(task: Any) -> Any:
-    events, cell_id = _EVENTS, task.cell.cell_id
-    if events is None:
-        return execute_cell(task)
-    events.put(("start", cell_id))
-
-    def progress(phase: str, done: int, total: int) -> None:
-        events.put(("progress", cell_id, phase, done, total))
-
-    return execute_cell(task, progress=progress)
+    events = QueueEvents(_EVENTS) if _EVENTS is not None else RunEvents()
+    events.cell_started(task.cell_id, f"pid {os.getpid()}")
+    return execute_cell(task, events)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,38 +73,34 @@ class ProcessExecutor(Executor):
     """Run cells in N worker processes (spawned), CPU threads divided between them.
 
     Workers load plugins from entry points, so components must come from installed
-    packages (not from plugins registered in code). Workers send a start event and their
-    epoch / batch progress through a queue; the display follows the latest started cell.
+    packages (not from plugins registered in code). Workers send their run events (cell
+    started, progress, warnings) through a queue; the driver delivers them in its process.
     """
 
     NAME = "process"
     Options = ProcessOptions
 
-    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], cell_started: Any = None,
-            progress: Any = None) -> None:
+    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], events: RunEvents) -> None:
         if not tasks:
             return
         workers = min(self.options.workers, len(tasks))
         threads = self.options.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
-        events = context.Queue()
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, events))
-        cells = {task.cell.cell_id: task.cell for task in tasks}
-        followed: list[str] = []  # the display follows the most recently started cell's epochs and batches
-        finished: set[str] = set()  # a start event may arrive after its cell's result: ignore it then
+        channel = context.Queue()
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, channel))
+        finished: set[str] = set()  # an event may arrive after its cell's result: drop it then
+        warned: dict[str, int] = {}  # warnings relayed live, per cell
 
         def relay_events() -> None:
             while True:
                 try:
-                    event = events.get_nowait()
+                    event = channel.get_nowait()
                 except queue.Empty:
                     return
-                if event[0] == "start" and event[1] not in finished:
-                    followed[:] = [event[1]]
-                    if cell_started is not None:
-                        cell_started(cells[event[1]])
-                elif event[0] == "progress" and progress is not None and followed and event[1] == followed[0]:
-                    progress(*event[2:])
+                if isinstance(event, Event) and not (event.args and event.args[0] in finished):
+                    if event.kind == "warning" and event.args:
+                        warned[event.args[0]] = warned.get(event.args[0], 0) + 1
+                    event.deliver(events)
 
         try:
             pending = {pool.submit(_run_in_worker, task): task for task in tasks}
@@ -122,12 +109,16 @@ class ProcessExecutor(Executor):
                 relay_events()
                 for future in done:
                     task = pending.pop(future)
+                    relay_events()  # the cell's last events (warnings) before its result
                     finished.add(task.cell.cell_id)
                     try:
                         result = future.result()
                     except Exception as exc:  # the worker died (e.g. out of memory): record, go on
                         result = failed_result(task, f"worker process failed: {type(exc).__name__}: {exc}",
                                                traceback.format_exc())
+                    # the queue's feeder thread may deliver a cell's last warnings after its result
+                    for message in result.warnings[warned.get(task.cell_id, 0):]:
+                        events.warning(task.cell_id, message)
                     on_result(result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)

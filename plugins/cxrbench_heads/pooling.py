@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxrbench.interfaces import PoolingHead
+from cxrbench.api import PoolingHead
 
 
 @dataclasses.dataclass(frozen=True)

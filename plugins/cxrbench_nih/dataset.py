@@ -17,22 +17,25 @@ shrunk once to 256 or 512 px keep correct boxes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
-import threading
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import UsageError
-from cxrbench.imageio import image_size, read_grey, scan_files
-from cxrbench.interfaces import BOX_COLUMNS, Dataset, DatasetContext, Split, empty_boxes
-from cxrbench.options import options_to_dict
-from cxrbench.splits import patient_split
+from cxrbench.api import (
+    BOX_COLUMNS,
+    DatasetContext,
+    FileDataset,
+    FileLayout,
+    Split,
+    UsageError,
+    empty_boxes,
+    image_size,
+    patient_split,
+)
 
 from .tables import (
     NIH8,
@@ -78,14 +81,13 @@ def resolve_classes(spec: str | tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-@dataclasses.dataclass
-class _Loaded:
-    splits: dict[str, Split]
-    paths: dict[str, list[str]]
+class NIHChestXray14(FileDataset):
+    """NIH ChestX-ray14: 14 findings, official test list, 880 images with boxes.
 
-
-class NIHChestXray14(Dataset):
-    """NIH ChestX-ray14: 14 findings, official test list, 880 images with boxes."""
+    Splits: ``train`` and ``val`` (patient-disjoint parts of the official train/val
+    list), ``test`` (the official test list) and ``boxes`` (the images of
+    ``BBox_List_2017.csv``, boxes in each file's own pixels).
+    """
 
     NAME = "nih"
     HAS_BOXES: ClassVar[bool] = True
@@ -104,6 +106,7 @@ class NIHChestXray14(Dataset):
             views: keep ``all`` images, or only ``PA`` or ``AP`` views.
             val_fraction: fraction of the train/val list's patients held out as ``val``.
             split_seed: seed of that patient-level split.
+            follow_symlinks: follow links that lead outside ``root`` (refused by default).
 
         """
 
@@ -113,6 +116,7 @@ class NIHChestXray14(Dataset):
         views: Literal["all", "PA", "AP"] = "all"
         val_fraction: float = 0.1
         split_seed: int = 0
+        follow_symlinks: bool = False
 
         def validate(self) -> None:
             """Check the class list and the validation fraction."""
@@ -121,26 +125,19 @@ class NIHChestXray14(Dataset):
                 raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def __init__(self, options: Options, context: DatasetContext | None = None) -> None:
-        super().__init__(options, context or DatasetContext())
-        options.validate()
+        super().__init__(options, context)
         self.classes = list(BINARY_CLASSES if options.task == "binary" else resolve_classes(options.classes))
-        self.root = Path(os.path.expanduser(options.root)).resolve()
-        self._tables = self._locate_tables()
-        self._lock = threading.Lock()
-        self._loaded: _Loaded | None = None
-        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ files
 
-    def _locate_tables(self) -> dict[str, Path]:
-        if not self.root.is_dir():
-            raise UsageError(f"nih: root {self.options.root} is not a folder")
-        entry = next((self.root / n for n in DATA_ENTRY_NAMES if (self.root / n).is_file()), None)
+    def locate(self, root: Path) -> FileLayout:
+        """The four release tables, directly under ``root``."""
+        entry = next((root / n for n in DATA_ENTRY_NAMES if (root / n).is_file()), None)
         wanted = {
             "data_entry": entry,
-            "bbox": self.root / "BBox_List_2017.csv",
-            "train_val": self.root / "train_val_list.txt",
-            "test": self.root / "test_list.txt",
+            "bbox": root / "BBox_List_2017.csv",
+            "train_val": root / "train_val_list.txt",
+            "test": root / "test_list.txt",
         }
         missing = [
             " or ".join(DATA_ENTRY_NAMES) if key == "data_entry" else path.name
@@ -148,34 +145,33 @@ class NIHChestXray14(Dataset):
             if path is None or not path.is_file()
         ]
         if missing:
-            raise UsageError(f"nih: missing under {self.root}: {', '.join(missing)}")
-        return {key: path for key, path in wanted.items() if path is not None}
+            raise UsageError(f"nih: missing under {root}: {', '.join(missing)}")
+        return FileLayout(root=root, tables={key: path for key, path in wanted.items() if path is not None})
+
+    def listing_name(self, relative: str) -> str:
+        """Images enter the fingerprint by file name alone, as the tables name them."""
+        return relative.rsplit("/", 1)[-1]
 
     def _index_images(self) -> dict[str, str]:
         """File name -> path of every PNG in ``images/`` and ``images_NNN/images/``."""
         folders = ["images"]
         with os.scandir(self.root) as entries:
             folders += sorted(e.name + "/images" for e in entries if _IMAGE_FOLDER.fullmatch(e.name))
-        return scan_files(self.root, folders, suffixes=(".png",), by_name=True)
+        return self.find_images(folders, suffixes=(".png",), by_name=True)
 
     # ------------------------------------------------------------------ loading
 
-    def _load(self) -> _Loaded:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = self._build()
-            return self._loaded
-
-    def _build(self) -> _Loaded:
+    def build(self) -> dict[str, tuple[Split, list[str]]]:
+        """The four splits of the images present; the boxed split's boxes in file pixels."""
         opts = self.options
-        entry = read_data_entry(self._tables["data_entry"])
+        entry = read_data_entry(self.tables["data_entry"])
         lists = {
-            "train_val": read_name_list(self._tables["train_val"]),
-            "test": read_name_list(self._tables["test"]),
+            "train_val": read_name_list(self.tables["train_val"]),
+            "test": read_name_list(self.tables["test"]),
         }
-        bbox = read_bbox_list(self._tables["bbox"])
-        # Table names are only looked up in this index of files found under the root
-        # (links leaving it are refused), so no table entry can point elsewhere.
+        bbox = read_bbox_list(self.tables["bbox"])
+        # Table names are only looked up in this index of the files found under the
+        # root, so no table entry can point elsewhere.
         index = self._index_images()
         if not index:
             raise UsageError(f"nih: no PNG images under {self.root}/images or {self.root}/images_NNN/images")
@@ -213,17 +209,19 @@ class NIHChestXray14(Dataset):
         usable = present & wanted
         rows = {name: r[usable[r]] for name, r in rows.items()}
 
-        splits: dict[str, Split] = {}
-        split_paths: dict[str, list[str]] = {}
-        for name, r in rows.items():
-            split_paths[name] = paths[r].tolist()
-            splits[name] = Split(
-                ids=names[r].tolist(),
-                patient_ids=[f"{p:08d}" for p in patients[r].tolist()],
-                labels=np.ascontiguousarray(labels[r], dtype=np.float32),
+        built = {
+            name: (
+                Split(
+                    ids=names[r].tolist(),
+                    patient_ids=[f"{p:08d}" for p in patients[r].tolist()],
+                    labels=np.ascontiguousarray(labels[r], dtype=np.float32),
+                ),
+                paths[r].tolist(),
             )
-        self._attach_boxes(splits["boxes"], split_paths["boxes"], bbox)
-        return _Loaded(splits=splits, paths=split_paths)
+            for name, r in rows.items()
+        }
+        self._attach_boxes(*built["boxes"], bbox)
+        return built
 
     def _warn_missing(
         self,
@@ -241,23 +239,15 @@ class NIHChestXray14(Dataset):
             is_listed[r[r >= 0]] = True
             unlabelled.append(names[r < 0])
         n_unlabelled = len(pd.unique(np.concatenate(unlabelled)))
-        n_wanted = int((is_listed & wanted).sum())
-        n_missing = int((is_listed & wanted & ~present).sum())
-        if n_wanted and n_missing == n_wanted:
-            views = "" if self.options.views == "all" else f" {self.options.views}-view"
-            raise UsageError(
-                f"nih: none of the {n_wanted:,} listed{views} images is under {self.root}/images (or images_NNN/images)"
-            )
-        parts = []
-        if n_missing:
-            parts.append(
-                f"{n_missing:,} of {n_wanted:,} listed images are missing under {self.root} "
-                f"(partial download?); using the {n_wanted - n_missing:,} present"
-            )
-        if n_unlabelled:
-            parts.append(f"{n_unlabelled:,} listed images have no row in {self._tables['data_entry'].name}")
-        if parts:
-            self.context.warn("nih: " + "; ".join(parts))
+        table = self.tables["data_entry"].name
+        views = self.options.views
+        self.report_missing(
+            int((is_listed & wanted).sum()),
+            int((is_listed & wanted & present).sum()),
+            "images" if views == "all" else f"{views}-view images",
+            searched=f"{self.root}/images (or images_NNN/images)",
+            notes=[f"{n_unlabelled:,} listed images have no row in {table}"] if n_unlabelled else [],
+        )
 
     def _attach_boxes(self, split: Split, paths: list[str], bbox: pd.DataFrame) -> None:
         """Scale the boxes of the boxed split from released-PNG pixels to each file's size.
@@ -265,7 +255,7 @@ class NIHChestXray14(Dataset):
         The size on disk is read from each file's header, as users often shrink the
         images once (to 512 or 256 px) before training.
         """
-        sizes = np.array([image_size(p) for p in paths], dtype=np.int64).reshape(-1, 2)
+        sizes = np.array([image_size(self.absolute(p)) for p in paths], dtype=np.int64).reshape(-1, 2)
         split.image_sizes = sizes
         where = pd.Index(split.ids).get_indexer(bbox["name"].to_numpy(dtype=object))
         if self.options.task == "binary":
@@ -290,43 +280,3 @@ class NIHChestXray14(Dataset):
             },
             columns=list(BOX_COLUMNS),
         )
-
-    # ------------------------------------------------------------------ contract
-
-    def split(self, name: str) -> Split:
-        """Records of ``train``, ``val`` (patient-disjoint parts of the official
-        train/val list), ``test`` (the official test list) or ``boxes`` (the images of
-        ``BBox_List_2017.csv``, boxes in each file's own pixels).
-        """
-        loaded = self._load()
-        if name not in loaded.splits:
-            raise UsageError(f"nih has no split {name!r}; splits: {', '.join(loaded.splits)}")
-        return loaded.splits[name]
-
-    def image_path(self, split: str, index: int) -> str:
-        """The file of image ``index`` of ``split``."""
-        self.split(split)
-        return self._load().paths[split][index]
-
-    def read_image(self, split: str, index: int) -> np.ndarray:
-        """Image ``index`` of ``split`` as a 2-D uint8 grey array (RGBA files included)."""
-        return read_grey(self.image_path(split, index))
-
-    def fingerprint(self) -> str:
-        """Options plus a digest of the tables' and used images' names and byte sizes.
-
-        ``root`` is left out: the digest identifies the data, so the same files
-        mounted elsewhere give the same fingerprint (and the same cell ids).
-        """
-        if self._fingerprint is None:
-            loaded = self._load()
-            digest = hashlib.sha256()
-            for path in self._tables.values():
-                digest.update(f"{path.name}\t{path.stat().st_size}\n".encode())
-            used = sorted({p for paths in loaded.paths.values() for p in paths})
-            listing = "".join(f"{os.path.basename(p)}\t{os.stat(p).st_size}\n" for p in used)
-            digest.update(listing.encode())
-            chosen = {k: v for k, v in options_to_dict(self.options).items() if k != "root"}
-            options = json.dumps(chosen, sort_keys=True)
-            self._fingerprint = f"{self.NAME}:{options}:{digest.hexdigest()[:16]}"
-        return self._fingerprint

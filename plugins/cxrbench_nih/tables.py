@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import UsageError
+from cxrbench.api import UsageError
 
 NIH8 = (
     "Atelectasis",

@@ -8,7 +8,7 @@ import click
 import cv2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cxrbench.errors import UsageError
+from cxrbench.api import UsageError
 
 from .dataset import Options, generator_for
 from .export import write_chexpert_layout, write_nih_layout

@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import UsageError
-from cxrbench.interfaces import Dataset, DatasetContext, Split, empty_boxes
+from cxrbench.api import Dataset, DatasetContext, Split, UsageError, empty_boxes
 
 from .cohort import CLASSES
 from .generator import PhantomGenerator

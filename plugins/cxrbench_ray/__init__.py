@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import cxrbench
-from cxrbench.errors import UsageError
-from cxrbench.interfaces import Executor
-from cxrbench.runner import execute_cell, failed_result
+from cxrbench.api import Executor, RunEvents, UsageError, execute_cell, failed_result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +57,7 @@ class RayExecutor(Executor):
     NAME = "ray"
     Options = RayOptions
 
-    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], cell_started: Any = None) -> None:
+    def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], events: RunEvents) -> None:
         if not tasks:
             return
         ray = _import_ray()
@@ -78,8 +76,7 @@ class RayExecutor(Executor):
         try:
             for task in tasks:
                 refs[remote.remote(task)] = task
-                if cell_started is not None:
-                    cell_started(task.cell)
+                events.cell_started(task.cell_id, "ray")
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
                 for ref in done:
@@ -89,6 +86,8 @@ class RayExecutor(Executor):
                     except Exception as exc:  # the task's worker died: record the cell, go on
                         result = failed_result(task, f"ray task failed: {type(exc).__name__}: {exc}",
                                                traceback.format_exc())
+                    for message in result.warnings:  # Ray tasks do not relay events live
+                        events.warning(task.cell_id, message)
                     on_result(result)
         except BaseException:
             for ref in refs:

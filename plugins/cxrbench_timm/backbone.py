@@ -17,8 +17,7 @@ from typing import Any, ClassVar, Literal
 import timm
 from torch import Tensor, nn
 
-from cxrbench.errors import UsageError
-from cxrbench.interfaces import Backbone
+from cxrbench.api import Backbone, UsageError
 
 from .attention import build_attention
 from .weights import create_pretrained, load_local_weights

@@ -25,7 +25,7 @@ from timm.models import get_pretrained_cfg, load_state_dict
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-from cxrbench.errors import UsageError
+from cxrbench.api import UsageError
 
 PROBE_TIMEOUT_S = 4.0
 """Longest wait for the weight host to answer (DNS + TCP) before assuming offline."""

@@ -1,0 +1,83 @@
+"""The public API: everything a plugin (dataset, backbone, head, localizer, executor) may import.
+
+Plugins import from here only (``from cxrbench.api import Dataset, Split``); everything
+else in ``cxrbench`` is the host's and may change between versions. The built-in plugins in
+``plugins/`` follow the same rule, so whatever they can do a third-party package can do.
+Test helpers for plugin authors are in :mod:`cxrbench.testing`.
+"""
+
+from __future__ import annotations
+
+from . import __version__, hookimpl
+from .artifacts import CellArtifacts
+from .errors import CellError, ConfigError, CxrbenchError, PluginError, UsageError
+from .events import NULL_EVENTS, CellReporter, Event, Progress, QueueEvents, RunEvents
+from .filedataset import FileDataset, FileLayout, LoadedSplits
+from .imageio import image_size, read_grey, scan_files
+from .interfaces import (
+    BOX_COLUMNS,
+    Backbone,
+    Classifier,
+    Component,
+    Dataset,
+    DatasetContext,
+    Executor,
+    Localizer,
+    PoolingHead,
+    Split,
+    empty_boxes,
+)
+from .options import NoOptions, options_to_dict
+from .pipeline import failed_result
+from .records import CellAxes, CellResult, Environment, LocalizerResult, Provenance
+from .registry import ComponentSpec
+from .splits import patient_split
+from .tasks import CellTask, LocalizerTask
+from .worker import execute_cell
+
+__all__ = [
+    "BOX_COLUMNS",
+    "NULL_EVENTS",
+    "Backbone",
+    "CellArtifacts",
+    "CellAxes",
+    "CellError",
+    "CellReporter",
+    "CellResult",
+    "CellTask",
+    "Classifier",
+    "Component",
+    "ComponentSpec",
+    "ConfigError",
+    "CxrbenchError",
+    "Dataset",
+    "DatasetContext",
+    "Environment",
+    "Event",
+    "Executor",
+    "FileDataset",
+    "FileLayout",
+    "LoadedSplits",
+    "Localizer",
+    "LocalizerResult",
+    "LocalizerTask",
+    "NoOptions",
+    "PluginError",
+    "PoolingHead",
+    "Progress",
+    "Provenance",
+    "QueueEvents",
+    "RunEvents",
+    "Split",
+    "UsageError",
+    "__version__",
+    "empty_boxes",
+    "execute_cell",
+    "failed_result",
+    "hookimpl",
+    "image_size",
+    "options_to_dict",
+    "patient_split",
+    "read_grey",
+    "scan_files",
+]

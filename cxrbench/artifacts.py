@@ -1,0 +1,105 @@
+"""Where a cell's files live: the one place that names them.
+
+Every cell has a folder under the results directory (``cells/<cell_id>/``) holding its
+resolved configuration, its checkpoints, its test predictions and its pictures. Files are
+written to a temporary name and renamed into place, so a crash never leaves half a file
+under a final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DB_NAME = "cxrbench.sqlite"
+"""The results database inside a results directory."""
+
+CELLS_FOLDER = "cells"
+
+
+@dataclasses.dataclass(frozen=True)
+class CellArtifacts:
+    """The files of one cell.
+
+    Attributes:
+        folder: ``<results>/cells/<cell_id>``.
+
+    """
+
+    folder: Path
+
+    @classmethod
+    def of(cls, results_root: str | Path, cell_id: str) -> CellArtifacts:
+        return cls(Path(results_root) / CELLS_FOLDER / cell_id)
+
+    @property
+    def config(self) -> Path:
+        """The resolved configuration (JSON) the cell's id is the digest of."""
+        return self.folder / "config.json"
+
+    @property
+    def best(self) -> Path:
+        """The selected model's weights (``torch.load(..., weights_only=True)``)."""
+        return self.folder / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        """Resume state of an unfinished training run."""
+        return self.folder / "last.pt"
+
+    @property
+    def predictions(self) -> Path:
+        """Test-split scores: arrays ``ids``, ``patient_ids``, ``labels``, ``scores``, ``classes``."""
+        return self.folder / "predictions.npz"
+
+    def overlays(self, localizer: str) -> Path:
+        """Folder of the overlay PNGs of one localizer."""
+        return self.folder / "overlays" / localizer
+
+    @property
+    def overlays_root(self) -> Path:
+        return self.folder / "overlays"
+
+    @property
+    def heatmaps(self) -> Path:
+        """Default folder of ``cxrbench heatmap`` pictures."""
+        return self.folder / "heatmaps"
+
+    def maps(self, localizer_key: str) -> Path:
+        """Saved localizer maps of the scored split (``localization.save_maps``)."""
+        return self.folder / "maps" / f"{localizer_key}.npz"
+
+    def ensure(self) -> CellArtifacts:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON (NaN as null) to ``path`` through a temporary file."""
+    from .records import json_safe
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(payload), sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def save_npz_atomic(path: Path, **arrays: Any) -> None:
+    """``np.savez_compressed`` to ``path`` through a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def save_torch_atomic(payload: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,260 @@
+"""Every number cxrbench reports, declared once: key, label, definition, direction, digits.
+
+The metric functions write these keys; every output (rich tables, Markdown, CSV, JSON,
+HTML, ``--sort`` suggestions, ``leaderboard --explain``, ``docs/metrics.md``) reads this
+catalogue for how to show them. Adding a metric is one :class:`MetricSpec` here plus its
+computation.
+
+Key grammar: ``<key>`` for a summary, ``<key>/<Class>`` for a per-class value of a
+``per_class`` metric. A family such as ``acc_iou@<t>`` is declared once with ``{t}`` in its
+key and matches every threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+Group = Literal["classification", "localization", "speed", "count"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """One reported number.
+
+    Attributes:
+        key: the key in a result's metrics (``{t}`` stands for a threshold in a family).
+        label: short column header.
+        description: one-sentence definition (the full one is in docs/metrics.md).
+        group: which leaderboard shows it.
+        higher_is_better: the ranking direction.
+        digits: decimals shown.
+        per_class: also reported per class as ``<key>/<Class>`` (the summary may be named
+            differently: ``per_class_key``).
+        per_class_key: the per-class prefix when it differs from ``key`` (``auroc_mean`` ->
+            ``auroc``).
+        unit: unit of the value, if any.
+        source: the paper or reference code the definition follows.
+        split: the split it is computed on.
+        ci: the keys of its interval bounds, when it has one.
+        in_table: shown in the default terminal tables.
+        compact: kept when a table must shrink to fit a narrow terminal.
+        table_thresholds: for a family, the thresholds the terminal tables show (every
+            threshold stays in the exports).
+
+    """
+
+    key: str
+    label: str
+    description: str
+    group: Group
+    higher_is_better: bool = True
+    digits: int = 3
+    per_class: bool = False
+    per_class_key: str | None = None
+    unit: str = ""
+    source: str = ""
+    split: str = ""
+    ci: tuple[str, str] | None = None
+    in_table: bool = True
+    compact: bool = False
+    table_thresholds: tuple[float, ...] | None = None
+
+    @property
+    def is_family(self) -> bool:
+        return "{t}" in self.key
+
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.escape(self.key).replace(re.escape("{t}"), r"(?P<t>[0-9.]+)") + "$")
+
+    def matches(self, key: str) -> bool:
+        return key == self.key or (self.is_family and bool(self.pattern().match(key)))
+
+    def label_for(self, key: str) -> str:
+        """The column header of ``key`` (a family member gets its threshold in the label)."""
+        if self.is_family:
+            match = self.pattern().match(key)
+            if match:
+                return self.label.replace("{t}", match.group("t"))
+        return self.label
+
+
+WANG = "Wang et al., CVPR 2017 (ChestX-ray8), section 4.2"
+SEED = "the seed project (cxrbench's predecessor)"
+
+METRICS: tuple[MetricSpec, ...] = (
+    # ------------------------------------------------------------------ classification
+    MetricSpec("auroc_mean", "AUROC", "mean over classes of the area under the ROC curve (classes with both labels)",
+               "classification", per_class=True, per_class_key="auroc", split="test", compact=True,
+               ci=("auroc_ci_low", "auroc_ci_high"), source="Hanley & McNeil 1982; scikit-learn roc_auc_score"),
+    MetricSpec("auroc_ci_low", "CI low", "lower bound of the AUROC interval (patient-level percentile bootstrap)",
+               "classification", split="test", in_table=False, per_class=True),
+    MetricSpec("auroc_ci_high", "CI high", "upper bound of the AUROC interval (patient-level percentile bootstrap)",
+               "classification", split="test", in_table=False, per_class=True),
+    MetricSpec("sensitivity_mean", "Sens", "mean over classes of TPR at the validation-chosen cut-off",
+               "classification", per_class=True, per_class_key="sensitivity", split="test", in_table=False),
+    MetricSpec("specificity_mean", "Spec", "mean over classes of TNR at the validation-chosen cut-off",
+               "classification", per_class=True, per_class_key="specificity", split="test", in_table=False),
+    MetricSpec("precision_mean", "Prec", "mean over classes of precision at the validation-chosen cut-off",
+               "classification", per_class=True, per_class_key="precision", split="test", in_table=False),
+    MetricSpec("f1_mean", "F1", "mean over classes of F1 at the validation-chosen cut-off", "classification",
+               per_class=True, per_class_key="f1", split="test", in_table=False),
+    MetricSpec("accuracy_mean", "Acc", "mean over classes of accuracy at the validation-chosen cut-off",
+               "classification", per_class=True, per_class_key="accuracy", split="test", in_table=False),
+    MetricSpec("cutoff", "cut-off", "per-class score cut-off chosen on validation by evaluation.cutoff (youden or "
+               "seed); reported per class only", "classification", per_class=True, per_class_key="threshold",
+               split="val", in_table=False),
+    MetricSpec("hamming_loss", "Hamming", "fraction of wrong (image, class) decisions at the cut-offs",
+               "classification", higher_is_better=False, split="test", in_table=False, source=SEED),
+    # ------------------------------------------------------------------ localization
+    MetricSpec("iou_mean", "IoU", "mean over (image, class) pairs of the best IoU of a predicted box with a true box",
+               "localization", per_class=True, per_class_key="iou", split="boxes", compact=True, source=SEED),
+    MetricSpec("iobb_mean", "IoBB", "mean over pairs of the best intersection / predicted-box area",
+               "localization", per_class=True, per_class_key="iobb", split="boxes", compact=True, source=WANG),
+    MetricSpec("cum_iou_mean", "cumIoU", "mean over pairs of the sum over predicted boxes of their best IoU",
+               "localization", per_class=True, per_class_key="cum_iou", split="boxes", in_table=False, source=SEED),
+    MetricSpec("acc_iou@{t}", "Acc@IoU{t}", "fraction of pairs with some predicted box of IoU >= t",
+               "localization", per_class=True, split="boxes", source=WANG, table_thresholds=(0.1, 0.3, 0.5)),
+    MetricSpec("afp_iou@{t}", "AFP@IoU{t}", "cxrbench's AFP: mean number of predicted boxes per pair with "
+               "IoU < t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
+               table_thresholds=(0.3,)),
+    MetricSpec("acc_iobb@{t}", "Acc@IoBB{t}", "fraction of pairs with some predicted box of IoBB >= t",
+               "localization", per_class=True, split="boxes", source=WANG, table_thresholds=(0.5,)),
+    MetricSpec("afp_iobb@{t}", "AFP@IoBB{t}", "cxrbench's AFP: mean number of predicted boxes per pair with "
+               "IoBB < t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
+               in_table=False),
+    MetricSpec("iou>{t}", "IoU>{t}", "fraction of pairs whose best IoU is strictly above t", "localization",
+               split="boxes", in_table=False, source=SEED),
+    MetricSpec("hit_rate", "Hit", "pointing game: fraction of pairs whose map peak lies in a true box (grown by "
+               "the tolerance)", "localization", per_class=True, split="boxes", compact=True,
+               source="Zhang et al., ECCV 2016 (pointing game)"),
+    MetricSpec("heatmap_value_in_box_mean", "in-box", "mean heatmap value inside the true boxes", "localization",
+               split="boxes", in_table=False),
+    MetricSpec("n_pairs", "pairs", "number of (image, class) pairs with a true box that were scored", "count",
+               per_class=True, split="boxes", digits=0, in_table=False),
+    MetricSpec("loc_images", "images", "boxed images scored", "count", digits=0, in_table=False),
+    MetricSpec("loc_ms_per_image", "ms/img", "localizer time per image (all classes in one call), device-synchronised",
+               "speed", higher_is_better=False, digits=1, unit="ms", compact=True),
+    # ------------------------------------------------------------------ speed and size (a cell's info)
+    MetricSpec("train_images_per_s", "img/s train", "training throughput over the cell's epochs", "speed",
+               digits=1, unit="images/s"),
+    MetricSpec("inference_images_per_s", "img/s infer", "test-split prediction throughput", "speed", digits=1,
+               unit="images/s"),
+    MetricSpec("parameters", "params", "trainable and frozen parameters of the classifier", "speed",
+               higher_is_better=False, digits=0),
+    MetricSpec("duration_s", "seconds", "wall time of the cell (train, evaluate, localize)", "speed",
+               higher_is_better=False, digits=0, unit="s", in_table=False),
+)
+"""Every metric, in the order tables show them."""
+
+INFO_KEYS = ("parameters", "train_images_per_s", "inference_images_per_s", "duration_s")
+"""Catalogue entries read from a cell's ``info`` rather than its metrics."""
+
+_BY_KEY = {m.key: m for m in METRICS if not m.is_family}
+_PER_CLASS = {m.per_class_key or m.key: m for m in METRICS if m.per_class}
+_FAMILIES = [m for m in METRICS if m.is_family]
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``auroc/Effusion`` -> (``auroc``, ``Effusion``); ``auroc_mean`` -> (``auroc_mean``, None)."""
+    if "/" in key:
+        base, cls = key.split("/", 1)
+        return base, cls
+    return key, None
+
+
+def per_class_key(base: str, class_name: str) -> str:
+    """The key of a per-class value: ``per_class_key("auroc", "Effusion") == "auroc/Effusion"``."""
+    return f"{base}/{class_name}"
+
+
+def lookup(key: str) -> MetricSpec | None:
+    """The declaration of ``key`` (a summary, a per-class value or a family member), or None."""
+    base, cls = split_key(key)
+    if cls is None and base in _BY_KEY:
+        return _BY_KEY[base]
+    if cls is not None and base in _PER_CLASS:
+        return _PER_CLASS[base]
+    for family in _FAMILIES:
+        if family.matches(base):
+            return family
+    return None
+
+
+def higher_is_better(key: str) -> bool:
+    """The ranking direction of ``key`` (unknown keys, e.g. plugin columns: larger first)."""
+    spec = lookup(key)
+    return spec.higher_is_better if spec is not None else True
+
+
+def digits(key: str) -> int:
+    spec = lookup(key)
+    return spec.digits if spec is not None else 3
+
+
+def label(key: str) -> str:
+    """The column header of ``key``; a per-class key shows its class name."""
+    base, cls = split_key(key)
+    if cls is not None:
+        return cls
+    spec = lookup(key)
+    return spec.label_for(key) if spec is not None else key
+
+
+def table_keys(group: Group, available: Iterable[str], *, compact: bool = False,
+               every_threshold: bool = False) -> list[str]:
+    """The summary keys of ``group`` to show, in catalogue order, among ``available``.
+
+    Family members are expanded in the order of their thresholds (only the family's
+    ``table_thresholds`` unless ``every_threshold``).
+    """
+    present = [k for k in dict.fromkeys(available) if "/" not in k]
+    out: list[str] = []
+    for spec in METRICS:
+        if spec.group != group or not spec.in_table or (compact and not spec.compact):
+            continue
+        if spec.is_family:
+            members = [k for k in present if spec.matches(k)]
+            if spec.table_thresholds is not None and not every_threshold:
+                members = [k for k in members
+                           if float(spec.pattern().match(k).group("t")) in spec.table_thresholds]
+            out += sorted(members, key=lambda k: float(spec.pattern().match(k).group("t")))
+        elif spec.key in present:
+            out.append(spec.key)
+    return out
+
+
+def known_keys(available: Iterable[str]) -> list[str]:
+    """The keys of ``available`` the catalogue declares (for ``--sort`` suggestions)."""
+    return [k for k in available if lookup(k) is not None]
+
+
+def explain(keys: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(label, key, definition with its source) for each distinct declared metric among ``keys``."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for key in keys:
+        spec = lookup(key)
+        if spec is None or spec.key in seen:
+            continue
+        source = f" [{spec.source}]" if spec.source else ""
+        where = f" (split: {spec.split})" if spec.split else ""
+        seen[spec.key] = (spec.label.replace("{t}", "t"), spec.key, f"{spec.description}{where}{source}")
+    return list(seen.values())
+
+
+def markdown_table() -> str:
+    """The catalogue as the Markdown table kept in docs/metrics.md (a test checks it is current)."""
+    lines = ["| key | column | group | better | definition | source |", "|---|---|---|---|---|---|"]
+    for spec in METRICS:
+        key = spec.key + (f" (per class: `{spec.per_class_key or spec.key}/<Class>`)" if spec.per_class else "")
+        better = "higher" if spec.higher_is_better else "lower"
+        where = f" Split: {spec.split}." if spec.split else ""
+        lines.append(f"| `{key}` | {spec.label.replace('{t}', 't')} | {spec.group} | {better} | "
+                     f"{spec.description}.{where} | {spec.source or 'cxrbench'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m cxrbench.catalogue` prints the docs table
+    print(markdown_table(), end="")

@@ -1,0 +1,221 @@
+"""The cell pipeline: data -> model -> train (or load) -> predict -> AUROC -> localize.
+
+:func:`run_cell_core` is the host's own implementation of the ``cxrbench_run_cell`` hook
+(:class:`CorePlugin`, registered last, so a plugin may run cells its own way). It returns
+a :class:`~cxrbench.records.CellResult` and reports through the cell's
+:class:`~cxrbench.events.CellReporter`; it raises for a failing cell, and
+:func:`cxrbench.worker.execute_cell` turns that into a failed result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import hookimpl
+from .artifacts import CellArtifacts, save_npz_atomic, save_torch_atomic, write_json_atomic
+from .config import TrainSpec
+from .events import CellReporter, Progress
+from .interfaces import Classifier, Dataset, DatasetContext
+from .options import options_to_dict
+from .records import CellAxes, CellResult, Environment, LocalizerResult, Provenance
+from .registry import ComponentSpec
+from .tasks import CellTask, LocalizerTask
+
+
+def open_dataset(spec: ComponentSpec, cache_root: str | Path | None = None, warn: Any = None) -> Dataset:
+    """Instantiate a dataset choice with the host's context."""
+    context = DatasetContext(cache_dir=Path(cache_root) if cache_root else None,
+                             warn=warn or (lambda message: None))
+    return spec.build(context)
+
+
+def input_size(train: TrainSpec, dataset: Dataset) -> int:
+    """Model input size: the grid's, else the dataset's native one, else 224."""
+    return int(train.image_size or dataset.native_size or 224)
+
+
+def provenance_of(task: CellTask, environment: Environment) -> Provenance:
+    """The settings a task's numbers are computed with, recorded with them."""
+    evaluation = options_to_dict(task.evaluation)
+    return Provenance(train=options_to_dict(task.train), evaluation=evaluation,
+                      resampling_unit="patient", cutoff=str(evaluation.get("cutoff", "youden")),
+                      environment=environment)
+
+
+class _CellRun:
+    """One run of a cell's pipeline: the state its steps share."""
+
+    def __init__(self, task: CellTask, reporter: CellReporter) -> None:
+        from .training import amp_dtype, resolve_device
+
+        self.task = task
+        self.reporter = reporter
+        self.artifacts = CellArtifacts(Path(task.cell_dir)).ensure()
+        self.device = resolve_device(task.train)
+        self.dtype = amp_dtype(task.train, self.device)
+        self.dataset = open_dataset(task.cell.dataset, task.cache_root, reporter.warning)
+        self.size = input_size(task.train, self.dataset)
+        self.classes = list(self.dataset.classes)
+        self.eval_batch = task.train.eval_batch_size or 2 * task.train.batch_size
+        self._splits: dict[str, Any] = {}
+
+    def split(self, name: str) -> Any:
+        """A prepared split, loaded once per cell run."""
+        from .data import load_split
+
+        if name not in self._splits:
+            self.reporter.progress(Progress("load", 0, 1, detail=name))
+            cache = Path(self.task.cache_root) if self.task.cache_root else None
+            self._splits[name] = load_split(self.dataset, name, self.size, cache_root=cache,
+                                            workers=self.task.train.num_workers)
+        return self._splits[name]
+
+    def has_split(self, name: str) -> bool:
+        return name in self.dataset.split_names
+
+    def drop(self, name: str) -> None:
+        self._splits.pop(name, None)
+
+    def train_or_load(self, model: Classifier, info: dict[str, Any]) -> None:
+        from .training import train_model
+
+        task, best = self.task, self.artifacts.best
+        if task.retrain or not best.exists():
+            outcome = train_model(model, self.split("train"), self.split("val") if self.has_split("val") else None,
+                                  task.train, seed=task.cell.seed, device=self.device,
+                                  checkpoint_dir=self.artifacts.folder, progress=self.reporter.progress)
+            save_torch_atomic({"model": model.state_dict(), "config": task.cell.config, "classes": self.classes}, best)
+            self.artifacts.last.unlink(missing_ok=True)  # the cell is trained; resume state no longer needed
+            info.update(best_epoch=outcome.best_epoch, epochs_run=outcome.epochs_run, history=outcome.history,
+                        train_images_per_s=outcome.train_images_per_s,
+                        resumed_from_epoch=outcome.resumed_from_epoch)
+            self.drop("train")
+        else:
+            state = torch.load(best, map_location=self.device, weights_only=True)
+            model.load_state_dict(state["model"])
+
+    def classify(self, model: Classifier, info: dict[str, Any]) -> dict[str, float]:
+        from .metrics import classification_metrics
+        from .training import predict
+
+        evaluation = self.task.evaluation
+        test = self.split("test")
+        val = self.split("val") if self.has_split("val") else None
+        t0 = time.perf_counter()
+        scores = predict(model, test, self.eval_batch, self.device, dtype=self.dtype,
+                         progress=self.reporter.progress, detail="test")
+        info["inference_images_per_s"] = len(test) / max(time.perf_counter() - t0, 1e-9)
+        val_scores = None
+        if val is not None and len(val):
+            val_scores = predict(model, val, self.eval_batch, self.device, dtype=self.dtype,
+                                 progress=self.reporter.progress, detail="val")
+        labels = np.asarray(test.split.labels, dtype=np.float32)
+        metrics = classification_metrics(
+            labels, scores, self.classes,
+            y_true_val=np.asarray(val.split.labels, dtype=np.float32) if val_scores is not None else None,
+            y_score_val=val_scores, groups=np.asarray(test.split.patient_ids),
+            n_boot=evaluation.bootstrap, seed=evaluation.bootstrap_seed, ci=evaluation.ci,
+            cutoff=getattr(evaluation, "cutoff", "youden"),
+        )
+        save_npz_atomic(self.artifacts.predictions, ids=np.asarray(test.split.ids, dtype=str),
+                        patient_ids=np.asarray(test.split.patient_ids, dtype=str), labels=labels,
+                        scores=scores.astype(np.float32), classes=np.asarray(self.classes, dtype=str))
+        return metrics
+
+    def localize(self, model: Classifier) -> list[LocalizerResult]:
+        task = self.task
+        split_name = task.localization.split
+        if not self.has_split(split_name):
+            message = f"dataset '{task.cell.dataset.name}' has no '{split_name}' split with boxes"
+            return [LocalizerResult.failure(lt.key, lt.spec.name, message) for lt in task.localizers]
+        boxed = self.split(split_name)
+        tune_on = self.split("val") if task.localization.tune and self.has_split("val") else None
+        return [self._localizer(lt, model, boxed, tune_on) for lt in task.localizers]
+
+    def _localizer(self, lt: LocalizerTask, model: Classifier, boxed: Any, tune_on: Any) -> LocalizerResult:
+        from .localization import evaluate, resolve_policy
+
+        spec, settings = self.task.localization, {}
+        try:
+            localizer = lt.spec.build()
+            reason = localizer.unsupported_reason(model)
+            if reason:
+                return LocalizerResult.failure(lt.key, lt.spec.name,
+                                               f"localizer '{lt.spec.name}' cannot explain this model: {reason}")
+            policy = resolve_policy(lt.spec.cls, lt.spec.threshold, spec.threshold)
+            overlay_dir = self.artifacts.overlays(lt.spec.name) if spec.save_overlays else None
+            self.reporter.progress(Progress("localize", 0, 1, detail=lt.spec.name))
+            metrics, settings = evaluate(
+                model, localizer, boxed, self.classes, policy, batch_size=self.eval_batch, device=self.device,
+                hit_tolerance=spec.hit_tolerance, max_images=spec.max_images,
+                tune_on=tune_on, overlay_dir=overlay_dir, overlays=spec.save_overlays,
+            )
+            settings = {**settings, "options": options_to_dict(lt.spec.options), "split": spec.split,
+                        "hit_tolerance": spec.hit_tolerance, "max_images": spec.max_images}
+            return LocalizerResult(key=lt.key, name=lt.spec.name, metrics=metrics, settings=settings)
+        except Exception as exc:  # a broken localizer fails its row, not the cell
+            return LocalizerResult.failure(lt.key, lt.spec.name, f"{type(exc).__name__}: {exc}",
+                                           traceback.format_exc())
+
+
+def run_cell_core(task: CellTask, reporter: CellReporter) -> CellResult:
+    """The core's cell: data -> model -> train (or load) -> predict -> AUROC -> localize."""
+    from .training import seed_everything
+
+    cell = task.cell
+    started = time.time()
+    run = _CellRun(task, reporter)
+    write_json_atomic(run.artifacts.config, dict(cell.config))
+    seed_everything(cell.seed)
+    info: dict[str, Any] = {"input_size": run.size, "device": str(run.device), "classes": run.classes}
+    model = Classifier.build(cell.backbone, cell.head, run.classes).to(run.device)
+    info["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    run.train_or_load(model, info)
+    metrics = run.classify(model, info) if task.retrain else {}
+    localizations = run.localize(model) if task.localizers else []
+    environment = Environment.current(run.device, run.dtype, executor=task.executor)
+    return CellResult(
+        cell_id=cell.cell_id, grid=cell.grid, axes=axes_of(task), config=dict(cell.config), status="ok",
+        metrics=metrics, info=info, localizations=tuple(localizations),
+        provenance=provenance_of(task, environment), started_at=started, finished_at=time.time(),
+    )
+
+
+def axes_of(task: CellTask) -> CellAxes:
+    """The display axes of a task's cell."""
+    axes = task.cell.axes
+    return CellAxes(dataset=str(axes["dataset"]), backbone=str(axes["backbone"]), head=str(axes["head"]),
+                    seed=int(axes["seed"]))
+
+
+def failed_result(task: CellTask, error: str, tb: str | None = None, *, started_at: float | None = None,
+                  warnings: tuple[str, ...] = ()) -> CellResult:
+    """A ``failed`` result for a task (its worker died, or the cell raised)."""
+    now = time.time()
+    return CellResult(cell_id=task.cell.cell_id, grid=task.cell.grid, axes=axes_of(task),
+                      config=dict(task.cell.config), status="failed", error=error, traceback=tb,
+                      provenance=provenance_of(task, Environment(executor=task.executor)),
+                      warnings=warnings, started_at=started_at or now, finished_at=now)
+
+
+def with_duration(result: CellResult) -> CellResult:
+    """``result`` with ``info.duration_s`` set from its start and finish times."""
+    if result.started_at is None or result.finished_at is None:
+        return result
+    info = {**result.info, "duration_s": result.finished_at - result.started_at}
+    return dataclasses.replace(result, info=info)
+
+
+class CorePlugin:
+    """The host's own hook implementations (the default way to run a cell)."""
+
+    @hookimpl(trylast=True)
+    def cxrbench_run_cell(self, task: CellTask, reporter: CellReporter) -> CellResult:
+        return run_cell_core(task, reporter)

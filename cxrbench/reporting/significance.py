@@ -1,0 +1,75 @@
+"""Is the best cell's mean AUROC significantly above the runner-up's? (paired, patient-level bootstrap)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import CellArtifacts
+from .rows import LeaderboardRow, cell_rows, missing
+
+
+@dataclasses.dataclass(frozen=True)
+class Significance:
+    """The paired comparison of the two best cells (same test images, same resamples).
+
+    Attributes:
+        best: the top cell's id.
+        next: the runner-up's id.
+        diff: mean AUROC of best minus runner-up.
+        low: lower bound of the difference's interval.
+        high: upper bound.
+        p: two-sided bootstrap p-value.
+        significant: ``p < alpha`` and the difference is positive.
+        level: the interval's level (e.g. 0.95).
+
+    """
+
+    best: str
+    next: str
+    diff: float
+    low: float
+    high: float
+    p: float
+    significant: bool
+    level: float = 0.95
+
+    def sentence(self) -> str:
+        """One sentence (rich markup) saying whether the best cell beats the runner-up."""
+        verdict = "[green]significantly better[/] than" if self.significant else "not significantly different from"
+        return (f"Top cell {self.best} is {verdict} {self.next}: mean AUROC {self.diff:+.4f} "
+                f"({100 * self.level:g}% CI {self.low:.4f} to {self.high:.4f}, paired bootstrap over patients, "
+                f"p = {self.p:.3g})")
+
+
+def significance(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_boot: int = 1000,
+                 alpha: float = 0.05) -> Significance | None:
+    """Compare the two best cells on their saved test predictions; None without a comparable pair.
+
+    The resamples are the patients of the shared test split (``predictions.npz``); cells with
+    different test sets are not compared.
+    """
+    from ..metrics import paired_bootstrap_auroc_diff
+
+    ranked = [r for r in cell_rows([r for r in rows if r.kind == "cell" and r.status == "ok"])
+              if not missing(r.metrics.get("auroc_mean"))]
+    if len(ranked) < 2:
+        return None
+    best, runner_up = ranked[0], ranked[1]
+    paths = [CellArtifacts.of(results_root, r.cell_id).predictions for r in (best, runner_up)]
+    if not all(p.exists() for p in paths):
+        return None
+    try:
+        a, b = (np.load(p, allow_pickle=False) for p in paths)
+        ids_a, ids_b = a["ids"], b["ids"]
+        if ids_a.shape != ids_b.shape or not (ids_a == ids_b).all():
+            return None  # different test sets: no paired comparison
+        diff, low, high, p = paired_bootstrap_auroc_diff(a["labels"], a["scores"], b["scores"],
+                                                         groups=a["patient_ids"], n_boot=n_boot, seed=0)
+    except (ValueError, KeyError, OSError):  # an unreadable or foreign predictions file: no comparison
+        return None
+    return Significance(best.cell_id, runner_up.cell_id, float(diff), float(low), float(high), float(p),
+                        bool(p < alpha and diff > 0))
