@@ -33,6 +33,7 @@ from .records import CellAxes, CellResult, Environment, LocalizerResult, Provena
 from .registry import ComponentSpec
 from .splits import patient_split
 from .tasks import CellTask, LocalizerTask
+from .tuning import TuningPopulation
 from .worker import execute_cell
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "QueueEvents",
     "RunEvents",
     "Split",
+    "TuningPopulation",
     "UsageError",
     "__version__",
     "empty_boxes",

@@ -480,9 +480,10 @@ def localization_metrics(
     * ``iou_mean``, ``iobb_mean``, ``cum_iou_mean``, ``iou/<Class>``, ``iobb/<Class>``,
       ``cum_iou/<Class>``;
     * ChestX-ray8 accuracy ``acc_iou@t`` (a pair is correct when ANY predicted box has
-      IoU >= t with a true box), ``acc_iou@t/<Class>``, and average false positives
+      IoU strictly above t with a true box, as Wang et al. 2017 count it),
+      ``acc_iou@t/<Class>``, and cxrbench's (not Wang's) average false positives
       ``afp_iou@t`` (mean over pairs of the number of predicted boxes whose best IoU is
-      < t); the same for IoBB: ``acc_iobb@t``, ``acc_iobb@t/<Class>``, ``afp_iobb@t``;
+      <= t); the same for IoBB: ``acc_iobb@t``, ``acc_iobb@t/<Class>``, ``afp_iobb@t``;
     * the seed's fractions ``iou>t`` for t in 0.1, 0.2, 0.25, 0.3, 0.4, 0.5 (best IoU
       strictly above t);
     * pointing game ``hit_rate``, ``hit_rate/<Class>``: the heatmap peak lies inside a true
@@ -515,13 +516,15 @@ def localization_metrics(
     def mean(v: np.ndarray) -> np.ndarray:
         return v.mean(axis=0) if n else np.full(v.shape[1:], np.nan)
 
-    acc_iou = sc.best_iou[:, None] >= t_iou[None, :]
-    acc_iobb = sc.best_iobb[:, None] >= t_iobb[None, :]
+    # Wang et al. 2017 (ChestX-ray8, section 4.2): correct when the overlap is STRICTLY above T
+    acc_iou = sc.best_iou[:, None] > t_iou[None, :]
+    acc_iobb = sc.best_iobb[:, None] > t_iobb[None, :]
     # false positives per pair and threshold: predicted boxes whose best overlap is below t
     fp_iou = np.zeros((n, t_iou.size))
     fp_iobb = np.zeros((n, t_iobb.size))
-    np.add.at(fp_iou, sc.pred_pair, sc.pred_iou[:, None] < t_iou[None, :])
-    np.add.at(fp_iobb, sc.pred_pair, sc.pred_iobb[:, None] < t_iobb[None, :])
+    # cxrbench's AFP: predicted boxes that would not make the pair correct (overlap <= T)
+    np.add.at(fp_iou, sc.pred_pair, sc.pred_iou[:, None] <= t_iou[None, :])
+    np.add.at(fp_iobb, sc.pred_pair, sc.pred_iobb[:, None] <= t_iobb[None, :])
 
     out: dict[str, float] = {"n_pairs": float(n)}
     out["iou_mean"] = float(mean(sc.best_iou))

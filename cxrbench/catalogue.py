@@ -83,6 +83,7 @@ class MetricSpec:
 
 WANG = "Wang et al., CVPR 2017 (ChestX-ray8), section 4.2"
 SEED = "the seed project (cxrbench's predecessor)"
+CHOE = "Choe et al., CVPR 2020 (wsolevaluation)"
 
 METRICS: tuple[MetricSpec, ...] = (
     # ------------------------------------------------------------------ classification
@@ -109,27 +110,45 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("hamming_loss", "Hamming", "fraction of wrong (image, class) decisions at the cut-offs",
                "classification", higher_is_better=False, split="test", in_table=False, source=SEED),
     # ------------------------------------------------------------------ localization
+    MetricSpec("maxboxacc_v2", "MaxBoxAccV2", "threshold-free box accuracy: boxes of all regions at every "
+               "threshold of a sweep, IoU >= delta, best threshold per delta, mean over delta in {0.3, 0.5, 0.7}",
+               "localization", per_class=True, split="boxes", compact=True,
+               ci=("maxboxacc_v2_ci_low", "maxboxacc_v2_ci_high"), source=CHOE),
+    MetricSpec("maxboxacc_v2@{t}", "MaxBoxAccV2@{t}", "MaxBoxAccV2 at one IoU cut-off delta (best threshold)",
+               "localization", split="boxes", in_table=False, source=CHOE),
+    MetricSpec("maxboxacc", "MaxBoxAcc", "box accuracy of the largest region's box, IoU >= 0.5, at the best "
+               "threshold of a sweep", "localization", per_class=True, split="boxes", in_table=False, source=CHOE),
     MetricSpec("iou_mean", "IoU", "mean over (image, class) pairs of the best IoU of a predicted box with a true box",
-               "localization", per_class=True, per_class_key="iou", split="boxes", compact=True, source=SEED),
+               "localization", per_class=True, per_class_key="iou", split="boxes", compact=True, source=SEED,
+               ci=("iou_mean_ci_low", "iou_mean_ci_high")),
     MetricSpec("iobb_mean", "IoBB", "mean over pairs of the best intersection / predicted-box area",
                "localization", per_class=True, per_class_key="iobb", split="boxes", compact=True, source=WANG),
+    *(MetricSpec(f"{key}_ci_{bound}", f"{label} CI {bound}", f"{bound} bound of the {label} interval "
+                 "(patient-level percentile bootstrap)", "localization", split="boxes", in_table=False)
+      for key, label in (("iou_mean", "IoU"), ("hit_rate", "Hit"), ("maxboxacc_v2", "MaxBoxAccV2"))
+      for bound in ("low", "high")),
     MetricSpec("cum_iou_mean", "cumIoU", "mean over pairs of the sum over predicted boxes of their best IoU",
                "localization", per_class=True, per_class_key="cum_iou", split="boxes", in_table=False, source=SEED),
-    MetricSpec("acc_iou@{t}", "Acc@IoU{t}", "fraction of pairs with some predicted box of IoU >= t",
+    MetricSpec("acc_iou@{t}", "Acc@IoU{t}", "fraction of pairs with some predicted box of IoU strictly above t",
                "localization", per_class=True, split="boxes", source=WANG, table_thresholds=(0.1, 0.3, 0.5)),
     MetricSpec("afp_iou@{t}", "AFP@IoU{t}", "cxrbench's AFP: mean number of predicted boxes per pair with "
-               "IoU < t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
+               "IoU <= t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
                table_thresholds=(0.3,)),
-    MetricSpec("acc_iobb@{t}", "Acc@IoBB{t}", "fraction of pairs with some predicted box of IoBB >= t",
+    MetricSpec("acc_iobb@{t}", "Acc@IoBB{t}", "fraction of pairs with some predicted box of IoBB strictly above t",
                "localization", per_class=True, split="boxes", source=WANG, table_thresholds=(0.5,)),
     MetricSpec("afp_iobb@{t}", "AFP@IoBB{t}", "cxrbench's AFP: mean number of predicted boxes per pair with "
-               "IoBB < t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
+               "IoBB <= t (not Wang et al.'s AFP)", "localization", higher_is_better=False, split="boxes",
                in_table=False),
     MetricSpec("iou>{t}", "IoU>{t}", "fraction of pairs whose best IoU is strictly above t", "localization",
                split="boxes", in_table=False, source=SEED),
-    MetricSpec("hit_rate", "Hit", "pointing game: fraction of pairs whose map peak lies in a true box (grown by "
-               "the tolerance)", "localization", per_class=True, split="boxes", compact=True,
-               source="Zhang et al., ECCV 2016 (pointing game)"),
+    MetricSpec("hit_rate", "Hit", "pointing game: per class the fraction of pairs whose map peak is within "
+               "hit_tolerance original-image pixels (Euclidean) of a true box, mean over classes; maps without a "
+               "peak are misses", "localization", per_class=True, split="boxes", compact=True,
+               ci=("hit_rate_ci_low", "hit_rate_ci_high"), source="Zhang et al., ECCV 2016 (pointing game); TorchRay"),
+    MetricSpec("hit_rate_pairs", "Hit/pairs", "pointing game over all pairs (not averaged per class)",
+               "localization", split="boxes", in_table=False),
+    MetricSpec("no_peak_maps", "no peak", "scored maps without a peak (constant or NaN): counted as misses",
+               "count", higher_is_better=False, digits=0, split="boxes", in_table=False),
     MetricSpec("heatmap_value_in_box_mean", "in-box", "mean heatmap value inside the true boxes", "localization",
                split="boxes", in_table=False),
     MetricSpec("n_pairs", "pairs", "number of (image, class) pairs with a true box that were scored", "count",

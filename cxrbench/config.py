@@ -172,10 +172,21 @@ class LocalizationSpec:
         split: the dataset split whose boxes are scored.
         threshold: heatmap-to-box policy for every localizer (a localizer entry's own
             ``threshold`` wins; None = each localizer's default, e.g. the seed's rule).
-        tune: tune the threshold on the ``val`` boxes (never the test boxes) when the
-            dataset has boxes for validation; the chosen values are stored with results.
-        hit_tolerance: pixels of slack for the pointing game (hit rate), in model-input
-            pixels (the boxes are scaled to the model's input before scoring).
+        tune: tune the threshold on held-out boxes, never on the scored ones: the ``val``
+            boxes when the dataset has them, else the pinned tuning part of the boxed split
+            (``tune_fraction``, see :mod:`cxrbench.tuning`); the chosen values are stored
+            with results. Where there are no boxes to tune on it is an error, never a no-op.
+        tune_fraction: where ``val`` has no boxes, the fraction of the boxed split's
+            patients held out (patient-disjoint, stratified by class, pinned) for tuning;
+            the rest is scored, whether or not anything is tuned. 0 = score every boxed image
+            (and no tuning).
+        tune_seed: seed of that held-out part.
+        hit_tolerance: pointing-game tolerance (Zhang et al. 2016): a hit when the map's
+            peak is within this Euclidean distance of a true box, in ORIGINAL image pixels
+            (the reference's 15 by default).
+        box_thresholds: score-map thresholds of the MaxBoxAcc / MaxBoxAccV2 sweeps
+            (Choe et al. 2020: 100 by default, 1,000 for their fine curves).
+        save_maps: write each localizer's scored maps to ``cells/<cell>/maps/<key>.npz``.
         max_images: score at most this many boxed images (None = all).
         save_overlays: PNG overlays saved per localizer for this many boxed images.
 
@@ -184,15 +195,28 @@ class LocalizationSpec:
     split: str = "boxes"
     threshold: dict | None = None
     tune: bool = False
-    hit_tolerance: float = 0.0
+    tune_fraction: float = 0.2
+    tune_seed: int = 0
+    hit_tolerance: float = 15.0
+    box_thresholds: int = 100
     max_images: int | None = None
     save_overlays: int = 0
+    save_maps: bool = False
 
     def validate(self) -> None:
         if not self.split:
             raise ValueError("split must name a dataset split, e.g. boxes")
-        if self.hit_tolerance < 0:
-            raise ValueError(f"hit_tolerance must be >= 0 pixels, got {self.hit_tolerance}")
+        if not 0 <= self.tune_fraction < 1:
+            raise ValueError(f"tune_fraction must be in [0, 1), got {self.tune_fraction}")
+        if self.tune_seed < 0:
+            raise ValueError(f"tune_seed must be >= 0, got {self.tune_seed}")
+        if self.tune and self.tune_fraction == 0:
+            raise ValueError("tune: true needs boxes held out for tuning: keep tune_fraction > 0 "
+                             "(or use a dataset whose val split has boxes)")
+        if not self.hit_tolerance >= 0 or self.hit_tolerance == float("inf"):  # NaN fails both
+            raise ValueError(f"hit_tolerance must be a finite number >= 0 pixels, got {self.hit_tolerance}")
+        if not 2 <= self.box_thresholds <= 10_000:
+            raise ValueError(f"box_thresholds must be between 2 and 10000, got {self.box_thresholds}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be at least 1 (or null for all), got {self.max_images}")
         if self.save_overlays < 0:

@@ -79,6 +79,16 @@ class PreparedSplit:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    def subset(self, rows: np.ndarray, name: str | None = None) -> PreparedSplit:
+        """The images and records of ``rows``, boxes re-indexed (a tuning or scored part)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        split = self.split.subset(rows)
+        new_index = {int(r): i for i, r in enumerate(rows)}
+        boxes = self.boxes[self.boxes["index"].isin(new_index)].copy()
+        boxes["index"] = boxes["index"].map(new_index).astype("int64")
+        return PreparedSplit(name or self.name, split, self.images[rows], boxes.reset_index(drop=True),
+                             self.source_sizes[rows])
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 

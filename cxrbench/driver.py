@@ -62,10 +62,11 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
     """
     statuses = store.statuses()
     default_threshold = grid.localization.threshold
+    scoring = options_to_dict(grid.localization)
     cache = str(Path(cache_root).resolve()) if cache_root else None
     tasks, skipped = [], 0
     for cell in cells:
-        wanted = [LocalizerTask(localizer_key(spec, default_threshold), spec) for spec in grid.localizers]
+        wanted = [LocalizerTask(localizer_key(spec, default_threshold, scoring), spec) for spec in grid.localizers]
         status = statuses.get(cell.cell_id)
         retrain = True
         if status == "ok" and not force:

@@ -54,9 +54,23 @@ class Cell:
         }
 
 
-def localizer_key(spec: ComponentSpec, default_threshold: dict | None) -> str:
-    """Stable key of a localizer choice: name + options + effective threshold settings."""
-    return stable_digest({"localizer": spec.key(), "threshold": spec.threshold or default_threshold}, 10)
+LOCALIZATION_PROTOCOL = 2
+"""Version of the localization scoring definitions. Bumped when a definition changes (2: peaks
+without border bias, constant maps without a peak, strict T(IoU) / T(IoBB), a pinned held-out
+tuning part): stored localizer rows of an older protocol are evaluated again (never retrained)."""
+
+SCORING_KEYS = ("split", "tune", "tune_fraction", "tune_seed", "hit_tolerance", "box_thresholds", "max_images")
+"""The ``localization:`` settings that change a localizer's numbers (and so its key)."""
+
+
+def localizer_key(spec: ComponentSpec, default_threshold: dict | None,
+                  localization: dict[str, Any] | None = None) -> str:
+    """Stable key of a localizer choice: name + options + effective threshold + scoring settings."""
+    scoring = {k: (localization or {}).get(k) for k in SCORING_KEYS} if localization is not None else None
+    payload: dict[str, Any] = {"localizer": spec.key(), "threshold": spec.threshold or default_threshold}
+    if scoring is not None:
+        payload.update(scoring=scoring, protocol=LOCALIZATION_PROTOCOL)
+    return stable_digest(payload, 10)
 
 
 SPEED_ONLY_TRAIN_KEYS = frozenset({"num_workers"})

@@ -50,7 +50,9 @@ def scored_policy(store: Any, cell_id: str, spec: ComponentSpec) -> dict[str, An
     Rows are matched by localizer key (name, options and effective threshold, with the
     default threshold of the grid that scored the row), so a tuned value is found too.
     """
+    from .config import LocalizationSpec
     from .grid import localizer_key
+    from .options import options_to_dict
 
     cell = store.cell(cell_id)
     if cell is None:
@@ -61,8 +63,9 @@ def scored_policy(store: Any, cell_id: str, spec: ComponentSpec) -> dict[str, An
         if not loc.ok or not policy:
             continue
         for grid in grids:
-            default = ((store.grid_spec(grid) or {}).get("localization") or {}).get("threshold")
-            if loc.key == localizer_key(spec, default):
+            stored = (store.grid_spec(grid) or {}).get("localization") or {}
+            block = options_to_dict(parse_options(LocalizationSpec, stored, "localization", "localization"))
+            if loc.key == localizer_key(spec, stored.get("threshold"), block):
                 return policy
     return None
 

@@ -100,6 +100,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, rows: np.ndarray) -> Split:
+        """The records of ``rows`` (in that order), boxes re-indexed to the new rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        new_index = {int(r): i for i, r in enumerate(rows)}
+        boxes = self.boxes[self.boxes["index"].isin(new_index)].copy()
+        boxes["index"] = boxes["index"].map(new_index).astype("int64")
+        return Split(ids=[self.ids[r] for r in rows], patient_ids=[self.patient_ids[r] for r in rows],
+                     labels=self.labels[rows], boxes=boxes.reset_index(drop=True),
+                     image_sizes=self.image_sizes[rows] if self.image_sizes is not None else None)
+
     def __post_init__(self) -> None:
         n = len(self.ids)
         if len(self.patient_ids) != n or self.labels.shape[0] != n:
@@ -156,6 +166,18 @@ class Dataset(Component, abc.ABC):
 
         Must be safe to call from several threads at once.
         """
+
+    def tuning_population(self, split: str) -> Any:
+        """The published boxed images a tuning part of ``split`` is drawn from, or None.
+
+        Datasets whose validation images have no boxes score localization on a pinned,
+        patient-disjoint part of the boxed split and tune on the rest
+        (:mod:`cxrbench.tuning`). By default that part is drawn from the boxed images
+        present; a dataset with a published box list (NIH's ``BBox_List_2017.csv``)
+        returns a :class:`cxrbench.tuning.TuningPopulation` of the whole list, so every
+        machine draws the same part whatever images it has.
+        """
+        return None
 
     def fingerprint(self) -> str:
         """A string that changes whenever the data changes (options, file listing).

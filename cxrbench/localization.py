@@ -18,13 +18,17 @@ import torch
 from .boxes import (
     LocalizationPair,
     ThresholdPolicy,
-    heatmap_peaks,
+    _score_pairs,
     heatmaps_to_boxes,
     localization_metrics,
     tune_policy,
 )
 from .data import BatchLoader, PreparedSplit
 from .interfaces import Classifier, Localizer
+from .locmetrics.maxboxacc import maxboxacc, maxboxacc_v2
+from .locmetrics.peaks import map_peaks
+from .locmetrics.pointing import pointing_game
+from .metrics import bootstrap_counts
 from .options import options_to_dict, parse_options
 
 
@@ -36,9 +40,15 @@ class LocalizationRun:
     pair_rows: np.ndarray  # P, row of the image in the split
     pair_classes: np.ndarray  # P, class index
     true_boxes: list[np.ndarray]  # P arrays of T x 4
-    peaks: np.ndarray  # P x 2 (x, y)
+    peaks: np.ndarray  # P x 2 (x, y); NaN where the map has no peak
     ms_per_image: float
     n_images: int
+    peak_valid: np.ndarray | None = None  # P, False for constant / NaN maps
+    scale: np.ndarray | None = None  # P x 2, original image pixels per map pixel (x, y)
+    patients: np.ndarray | None = None  # P, the patient of each pair's image
+    all_maps: np.ndarray | None = None  # images x K' x S x S float16 (``keep_all``): every boxed class
+    image_rows: np.ndarray | None = None  # the images of ``all_maps`` (rows of the split)
+    map_classes: tuple[int, ...] = ()  # the classes of ``all_maps``
 
 
 def boxed_pairs(data: PreparedSplit, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -71,8 +81,13 @@ def compute_maps(
     batch_size: int,
     device: torch.device,
     max_images: int | None = None,
+    keep_all: bool = False,
 ) -> LocalizationRun:
-    """Run ``localizer`` over the boxed images of ``data`` for every boxed class at once."""
+    """Run ``localizer`` over the boxed images of ``data`` for every boxed class at once.
+
+    With ``keep_all`` the maps of every boxed class of every image are kept too (float16),
+    for ``localization.save_maps``.
+    """
     rows, classes, true = boxed_pairs(data, max_images)
     size = data.size
     if len(rows) == 0:
@@ -80,9 +95,10 @@ def compute_maps(
                                np.zeros((0, 2)), float("nan"), 0)
     image_rows = np.unique(rows)
     wanted = sorted(set(classes.tolist()))
+    grid_hw = feature_grid(model, data, device)
     class_pos = {c: i for i, c in enumerate(wanted)}
     maps_out = np.zeros((len(rows), size, size), dtype=np.float32)
-    peaks = np.zeros((len(rows), 2), dtype=np.float64)
+    all_maps = np.zeros((len(image_rows), len(wanted), size, size), dtype=np.float16) if keep_all else None
     loader = BatchLoader(data, batch_size, device, indices=image_rows)
     elapsed = 0.0
     was_training = model.training
@@ -100,29 +116,158 @@ def compute_maps(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed += time.perf_counter() - t0
-            selected = maps[local_n, local_k].float()  # pairs x S x S, still on the device
+            selected = renormalise(maps[local_n, local_k].float())  # pairs x S x S, still on the device
             maps_out[pair_idx] = selected.cpu().numpy()
-            peaks[pair_idx] = heatmap_peaks(maps_out[pair_idx])
+            if all_maps is not None:
+                at = np.searchsorted(image_rows, batch_rows)
+                all_maps[at] = renormalise(maps.float()).cpu().numpy().astype(np.float16)
     finally:
         model.train(was_training)
     ms = 1000.0 * elapsed / max(len(image_rows), 1)
-    return LocalizationRun(maps_out, rows, classes, true, peaks, ms, len(image_rows))
+    found = map_peaks(maps_out, grid_hw)
+    sizes = np.asarray(data.source_sizes, dtype=np.float64)[rows]  # (height, width) of each pair's image
+    scale = np.column_stack([sizes[:, 1] / size, sizes[:, 0] / size]) if len(rows) else np.zeros((0, 2))
+    patients = np.asarray(data.split.patient_ids, dtype=str)[rows]
+    return LocalizationRun(maps_out, rows, classes, true, found.xy, ms, len(image_rows), found.valid, scale, patients,
+                           all_maps, image_rows, tuple(wanted))
 
 
-def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str],
-          hit_tolerance: float) -> dict[str, float]:
-    """Turn the maps of a run into boxes with ``policy`` and score them."""
-    predicted = heatmaps_to_boxes(run.maps, policy) if len(run.pair_rows) else []
+def save_maps(path: Path, run: LocalizationRun, data: PreparedSplit, class_names: list[str]) -> None:
+    """Write a run's maps in the documented ``.npz`` format (README, "Saved maps").
+
+    Arrays: ``maps`` (N x K x S x S float16, the normalised maps that were scored), ``ids``
+    (N), ``classes`` (K), and the scored boxes in the same S x S pixel space: ``box_index``
+    (M, row into ``ids``), ``box_class`` (M, index into ``classes``), ``box_xywh`` (M x 4).
+    """
+    from .artifacts import save_npz_atomic
+
+    if run.all_maps is None or run.image_rows is None:
+        raise ValueError("save_maps needs a run computed with keep_all=True")
+    position = {int(r): i for i, r in enumerate(run.image_rows)}
+    class_position = {c: i for i, c in enumerate(run.map_classes)}
+    index, klass, xywh = [], [], []
+    for row, c, boxes in zip(run.pair_rows, run.pair_classes, run.true_boxes, strict=True):
+        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            index.append(position[int(row)])
+            klass.append(class_position[int(c)])
+            xywh.append(box)
+    save_npz_atomic(path, maps=run.all_maps, ids=np.asarray([str(data.split.ids[r]) for r in run.image_rows]),
+                    classes=np.asarray([class_names[c] for c in run.map_classes]),
+                    box_index=np.asarray(index, dtype=np.int64), box_class=np.asarray(klass, dtype=np.int64),
+                    box_xywh=np.asarray(xywh, dtype=np.float64).reshape(-1, 4))
+
+
+def renormalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each ``S x S`` map (a constant map becomes zeros, NaN stays NaN).
+
+    Upsampling moves a map's extremes (an interior cell's maximum is about 0.97 after
+    3x3 -> 96 px), so a fraction-of-max threshold would not mean what it says without this.
+    """
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), maps - low)
+
+
+def feature_grid(model: Classifier, data: PreparedSplit, device: torch.device) -> tuple[int, int] | None:
+    """``(h, w)`` of the model's feature map at this split's input size (the maps' raw grid)."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not len(data):
+        return None
+    size = data.size
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            fmap = backbone.forward_features(torch.zeros((1, 1, size, size), device=device))
+        finally:
+            model.train(was_training)
+    return (int(fmap.shape[-2]), int(fmap.shape[-1])) if fmap.ndim == 4 else None
+
+
+def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str], hit_tolerance: float, *,
+          box_thresholds: int = 100, n_boot: int = 0, boot_seed: int = 0,
+          ci: float = 0.95) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every localization metric of a run's maps, and the choices the threshold-free ones made.
+
+    * Boxes from ``policy``: IoU / IoBB / Wang's accuracy and cxrbench's AFP (``boxes``).
+    * Pointing game (Zhang et al. 2016): hit when the peak is within ``hit_tolerance``
+      ORIGINAL-image pixels of a true box; ``hit_rate`` is the mean over classes, maps
+      without a peak (constant, NaN) are misses and counted in ``no_peak_maps``.
+    * MaxBoxAcc and MaxBoxAccV2 (Choe et al. 2020) over ``box_thresholds`` thresholds.
+    * With ``n_boot``: patient-level percentile bootstrap intervals (level ``ci``) of IoU,
+      hit rate and MaxBoxAccV2 (``<key>_ci_low`` / ``<key>_ci_high``).
+
+    Returns:
+        (metrics, extra settings: the best thresholds of MaxBoxAcc / MaxBoxAccV2).
+
+    """
+    n = len(run.pair_rows)
+    valid = run.peak_valid if run.peak_valid is not None else np.isfinite(run.peaks).all(axis=1)
+    predicted = heatmaps_to_boxes(run.maps, policy) if n else []
     pairs = [
-        LocalizationPair(
-            class_index=int(run.pair_classes[i]),
-            true_boxes=run.true_boxes[i],
-            pred_boxes=predicted[i],
-            peak_xy=(float(run.peaks[i, 0]), float(run.peaks[i, 1])),
-        )
-        for i in range(len(run.pair_rows))
+        LocalizationPair(class_index=int(run.pair_classes[i]), true_boxes=run.true_boxes[i], pred_boxes=predicted[i],
+                         peak_xy=(float(run.peaks[i, 0]), float(run.peaks[i, 1])))
+        for i in range(n)
     ]
-    return localization_metrics(pairs, class_names, hit_tolerance=hit_tolerance)
+    metrics = localization_metrics(pairs, class_names)
+    k = len(class_names)
+    pg = pointing_game(run.peaks, run.true_boxes, run.pair_classes, valid=valid, scale=run.scale,
+                       tolerance=hit_tolerance, n_classes=k)
+    metrics["hit_rate"] = pg.hit_rate
+    metrics["hit_rate_pairs"] = pg.pair_hit_rate
+    metrics["no_peak_maps"] = float(pg.n_no_peak)
+    for c, name in enumerate(class_names):
+        metrics[f"hit_rate/{name}"] = float(pg.class_hit_rate[c])
+    extra: dict[str, Any] = {}
+    if n:
+        v1 = maxboxacc(run.maps, run.true_boxes, run.pair_classes, n_thresholds=box_thresholds, n_classes=k)
+        v2 = maxboxacc_v2(run.maps, run.true_boxes, run.pair_classes, n_thresholds=box_thresholds, n_classes=k)
+        metrics["maxboxacc"] = v1.value
+        metrics["maxboxacc_v2"] = v2.value
+        for delta, value in zip(v2.deltas, v2.max_accuracy, strict=True):
+            metrics[f"maxboxacc_v2@{delta:g}"] = float(value)
+        for c, name in enumerate(class_names):
+            metrics[f"maxboxacc/{name}"] = float(v1.class_value[c])
+            metrics[f"maxboxacc_v2/{name}"] = float(v2.class_value[c])
+        extra = {"maxboxacc_threshold": float(v1.best_threshold[0]),
+                 "maxboxacc_v2_thresholds": {f"{d:g}": float(t) for d, t in zip(v2.deltas, v2.best_threshold,
+                                                                                 strict=True)},
+                 "box_thresholds": box_thresholds}
+        if n_boot > 0:
+            best_iou = _score_pairs(pairs, 0.0).best_iou
+            metrics.update(localization_intervals(run, best_iou, pg.hits, v2.correct(), n_boot=n_boot,
+                                                  seed=boot_seed, ci=ci, n_classes=k))
+    return metrics, extra
+
+
+def localization_intervals(run: LocalizationRun, best_iou: np.ndarray, hits: np.ndarray, correct: np.ndarray, *,
+                           n_boot: int, seed: int, ci: float, n_classes: int) -> dict[str, float]:
+    """Patient-level percentile bootstrap intervals of ``iou_mean``, ``hit_rate`` and ``maxboxacc_v2``.
+
+    Each replicate draws patients with replacement (every pair of a drawn patient comes in,
+    as often as the patient was drawn: ``cxrbench.metrics.bootstrap_counts``) and recomputes
+    the statistic exactly as it is reported: the mean IoU over pairs, the pointing game's
+    mean over classes, and MaxBoxAccV2's maximum over thresholds per IoU cut-off, averaged
+    over the cut-offs (the threshold is chosen again in every replicate).
+    """
+    weights = bootstrap_counts(run.patients, n_boot, seed).astype(np.float64)  # R x P
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = weights @ best_iou / total
+        onehot = np.zeros((len(hits), n_classes))
+        onehot[np.arange(len(hits)), run.pair_classes] = 1.0
+        class_rate = (weights @ (onehot * hits[:, None])) / (weights @ onehot)
+        hit = np.nanmean(np.where(np.isfinite(class_rate), class_rate, np.nan), axis=1)
+        p, d, t = correct.shape
+        accuracy = (weights @ correct.reshape(p, d * t).astype(np.float64)).reshape(-1, d, t) / total[:, None, None]
+        v2 = accuracy.max(axis=2).mean(axis=1)
+    out: dict[str, float] = {}
+    tail = (1.0 - ci) / 2.0 * 100.0
+    for key, values in (("iou_mean", iou), ("hit_rate", hit), ("maxboxacc_v2", v2)):
+        finite = values[np.isfinite(values)]
+        low, high = np.percentile(finite, [tail, 100.0 - tail]) if finite.size else (np.nan, np.nan)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(low), float(high)
+    return out
 
 
 def resolve_policy(localizer_cls: type, spec_threshold: dict | None, grid_threshold: dict | None) -> ThresholdPolicy:
@@ -145,6 +290,11 @@ def evaluate(
     tune_on: PreparedSplit | None = None,
     overlay_dir: Path | None = None,
     overlays: int = 0,
+    box_thresholds: int = 100,
+    n_boot: int = 0,
+    boot_seed: int = 0,
+    ci: float = 0.95,
+    maps_path: Path | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Localization metrics of one localizer and the settings that produced them.
 
@@ -156,12 +306,17 @@ def evaluate(
         policy: heatmap-to-box policy (the starting point when tuning).
         batch_size: images per localizer call.
         device: the model's device.
-        hit_tolerance: pointing-game slack in pixels.
+        hit_tolerance: pointing-game tolerance in original-image pixels (Euclidean).
         max_images: score at most this many boxed images.
         tune_on: a VALIDATION split with boxes; when given, the policy's parameter is
             tuned on it and the tuned policy is applied to ``boxed``.
         overlay_dir: where to save overlay PNGs (None = none).
         overlays: how many boxed images to draw.
+        box_thresholds: thresholds of the MaxBoxAcc sweeps.
+        n_boot: bootstrap replicates of the localization intervals (0 = none).
+        boot_seed: their seed.
+        ci: their level.
+        maps_path: where to save the scored maps (None = not saved).
 
     Returns:
         (metrics, settings): settings holds the policy actually used and how it was chosen.
@@ -169,9 +324,8 @@ def evaluate(
     """
     settings: dict[str, Any] = {"policy": options_to_dict(policy), "tuned": False}
     if tune_on is not None and tune_on.boxes.empty:
-        # say why the stored policy is the untuned one (e.g. NIH and the phantom box only their test images)
-        settings["tune_skipped"] = f"split '{tune_on.name}' has no boxes"
-    elif tune_on is not None:
+        raise ValueError(f"localization.tune: split '{tune_on.name}' has no boxes to tune on")
+    if tune_on is not None:
         val_run = compute_maps(model, localizer, tune_on, batch_size=batch_size, device=device)
         policy, table = tune_policy(
             [val_run.maps[i] for i in range(len(val_run.pair_rows))],
@@ -181,8 +335,13 @@ def evaluate(
         )
         settings = {"policy": options_to_dict(policy), "tuned": True, "tuned_on": tune_on.name,
                     "tuning": table if isinstance(table, (list, dict)) else str(table)}
-    run = compute_maps(model, localizer, boxed, batch_size=batch_size, device=device, max_images=max_images)
-    metrics = score(run, policy, class_names, hit_tolerance)
+    run = compute_maps(model, localizer, boxed, batch_size=batch_size, device=device, max_images=max_images,
+                       keep_all=maps_path is not None)
+    metrics, extra = score(run, policy, class_names, hit_tolerance, box_thresholds=box_thresholds, n_boot=n_boot,
+                           boot_seed=boot_seed, ci=ci)
+    settings.update(extra)
+    if maps_path is not None:
+        save_maps(maps_path, run, boxed, class_names)
     metrics["loc_ms_per_image"] = run.ms_per_image
     metrics["loc_images"] = float(run.n_images)
     if overlay_dir is not None and overlays > 0 and run.n_images:

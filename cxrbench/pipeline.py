@@ -135,11 +135,43 @@ class _CellRun:
         if not self.has_split(split_name):
             message = f"dataset '{task.cell.dataset.name}' has no '{split_name}' split with boxes"
             return [LocalizerResult.failure(lt.key, lt.spec.name, message) for lt in task.localizers]
-        boxed = self.split(split_name)
-        tune_on = self.split("val") if task.localization.tune and self.has_split("val") else None
-        return [self._localizer(lt, model, boxed, tune_on) for lt in task.localizers]
+        try:
+            scored, tune_on, protocol = self._parts(split_name)
+        except ValueError as exc:
+            return [LocalizerResult.failure(lt.key, lt.spec.name, str(exc)) for lt in task.localizers]
+        return [self._localizer(lt, model, scored, tune_on, protocol) for lt in task.localizers]
 
-    def _localizer(self, lt: LocalizerTask, model: Classifier, boxed: Any, tune_on: Any) -> LocalizerResult:
+    def _parts(self, split_name: str) -> tuple[Any, Any, dict[str, Any]]:
+        """(the part scored, the part tuned on or None, how they were chosen) of the boxed split."""
+        from .tuning import TuningPopulation, ids_digest, partition_rows, tuning_ids
+
+        spec = self.task.localization
+        boxed = self.split(split_name)
+        val_has_boxes = self.has_split("val") and not self.dataset.split("val").boxes.empty
+        if val_has_boxes:
+            return boxed, self.split("val") if spec.tune else None, {"scored_split": split_name, "tune_split": "val"}
+        if spec.tune_fraction == 0:
+            if spec.tune:
+                raise ValueError(f"localization.tune: dataset '{self.task.cell.dataset.name}' has no val boxes and "
+                                 "tune_fraction is 0: no boxes to tune on")
+            return boxed, None, {"scored_split": split_name}
+        population = self.dataset.tuning_population(split_name) or \
+            TuningPopulation.of_split(boxed.split, self.classes)
+        held_out = tuning_ids(population, spec.tune_fraction, spec.tune_seed)
+        tune_rows, scored_rows = partition_rows(boxed.split, held_out)
+        protocol = {"scored_split": f"{split_name}:test", "tune_split": f"{split_name}:tune",
+                    "tune_fraction": spec.tune_fraction, "tune_seed": spec.tune_seed,
+                    "tune_ids_digest": ids_digest(held_out), "tune_images": int(len(tune_rows)),
+                    "scored_images": int(len(scored_rows))}
+        tune_on = None
+        if spec.tune:
+            if not len(tune_rows):
+                raise ValueError(f"localization.tune: no image of the held-out part of '{split_name}' is present")
+            tune_on = boxed.subset(tune_rows, f"{split_name}:tune")
+        return boxed.subset(scored_rows, f"{split_name}:test"), tune_on, protocol
+
+    def _localizer(self, lt: LocalizerTask, model: Classifier, boxed: Any, tune_on: Any,
+                   protocol: dict[str, Any]) -> LocalizerResult:
         from .localization import evaluate, resolve_policy
 
         spec, settings = self.task.localization, {}
@@ -151,14 +183,18 @@ class _CellRun:
                                                f"localizer '{lt.spec.name}' cannot explain this model: {reason}")
             policy = resolve_policy(lt.spec.cls, lt.spec.threshold, spec.threshold)
             overlay_dir = self.artifacts.overlays(lt.spec.name) if spec.save_overlays else None
+            evaluation = self.task.evaluation
             self.reporter.progress(Progress("localize", 0, 1, detail=lt.spec.name))
             metrics, settings = evaluate(
                 model, localizer, boxed, self.classes, policy, batch_size=self.eval_batch, device=self.device,
                 hit_tolerance=spec.hit_tolerance, max_images=spec.max_images,
                 tune_on=tune_on, overlay_dir=overlay_dir, overlays=spec.save_overlays,
+                box_thresholds=spec.box_thresholds, n_boot=evaluation.bootstrap, boot_seed=evaluation.bootstrap_seed,
+                ci=evaluation.ci, maps_path=self.artifacts.maps(lt.key) if spec.save_maps else None,
             )
-            settings = {**settings, "options": options_to_dict(lt.spec.options), "split": spec.split,
-                        "hit_tolerance": spec.hit_tolerance, "max_images": spec.max_images}
+            settings = {**settings, **protocol, "options": options_to_dict(lt.spec.options), "split": spec.split,
+                        "hit_tolerance": spec.hit_tolerance, "hit_tolerance_unit": "original image pixels",
+                        "box_thresholds": spec.box_thresholds, "max_images": spec.max_images}
             return LocalizerResult(key=lt.key, name=lt.spec.name, metrics=metrics, settings=settings)
         except Exception as exc:  # a broken localizer fails its row, not the cell
             return LocalizerResult.failure(lt.key, lt.spec.name, f"{type(exc).__name__}: {exc}",

@@ -233,7 +233,8 @@ def test_localization_metrics_hand_pairs():
     assert out["acc_iou@0.2"] == pytest.approx(1 / 3)
     assert out["afp_iou@0.1"] == pytest.approx(1 / 3)  # the far box of pair 1
     assert out["afp_iou@0.5"] == pytest.approx(2 / 3)  # ... and pair 2's box
-    assert out["acc_iobb@0.25"] == pytest.approx(2 / 3)  # IoBB 0.25 counts at T = 0.25
+    assert out["acc_iobb@0.25"] == pytest.approx(1 / 3)  # IoBB 0.25 does not count at T = 0.25 (strict, Wang)
+    assert out["acc_iobb@0.1"] == pytest.approx(2 / 3)
     assert out["acc_iobb@0.5"] == pytest.approx(1 / 3)
     assert out["afp_iobb@0.5"] == pytest.approx(2 / 3)
     assert out["iou>0.1"] == pytest.approx(2 / 3) and out["iou>0.2"] == pytest.approx(1 / 3)
@@ -273,7 +274,7 @@ def test_localization_matches_per_pair_reference():
         best.append(iou.max() if iou.size else 0.0)
         iobb.append(ib.max() if ib.size else 0.0)
         cum.append(iou.max(axis=1).sum() if iou.size else 0.0)
-        fp.append((iou.max(axis=1) < 0.3).sum() if iou.size else 0)
+        fp.append((iou.max(axis=1) <= 0.3).sum() if iou.size else 0)
         x, y = p.peak_xy
         t = p.true_boxes
         hits.append(
@@ -290,7 +291,7 @@ def test_localization_matches_per_pair_reference():
     assert out["iobb_mean"] == pytest.approx(np.mean(iobb))
     assert out["cum_iou_mean"] == pytest.approx(np.mean(cum))
     assert out["afp_iou@0.3"] == pytest.approx(np.mean(fp))
-    assert out["acc_iou@0.3"] == pytest.approx(np.mean(np.array(best) >= 0.3))
+    assert out["acc_iou@0.3"] == pytest.approx(np.mean(np.array(best) > 0.3))
     assert out["hit_rate"] == pytest.approx(np.mean(hits))
     assert out["iou/B"] == pytest.approx(np.mean(best[1::3]))
 

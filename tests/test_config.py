@@ -100,7 +100,10 @@ def test_quickstart_grid_validates():
 
 
 @pytest.mark.parametrize("block, message", [
-    ({"hit_tolerance": -1}, "localization.hit_tolerance: hit_tolerance must be >= 0"),
+    ({"hit_tolerance": -1}, "localization.hit_tolerance: hit_tolerance must be a finite number >= 0"),
+    ({"hit_tolerance": float("nan")}, "localization.hit_tolerance: hit_tolerance must be a finite number >= 0"),
+    ({"box_thresholds": 1}, "localization.box_thresholds: box_thresholds must be between 2 and 10000"),
+    ({"tune": True, "tune_fraction": 0}, "localization: tune: true needs boxes held out"),
     ({"max_images": 0}, "localization.max_images: max_images must be at least 1"),
     ({"save_overlays": -2}, "localization.save_overlays: save_overlays must be >= 0"),
 ])

@@ -95,7 +95,7 @@ def test_trained_maps_peak_inside_planted_lesions_far_above_chance(toy_registry)
     def hits(model, name, tolerance=0.0):
         cls = toy_registry.get("localizer", name, "l")
         run = compute_maps(model, cls(cls.Options()), boxed, batch_size=32, device=CPU)
-        metrics = score(run, ThresholdPolicy(), dataset.classes, hit_tolerance=tolerance)
+        metrics, _ = score(run, ThresholdPolicy(), dataset.classes, hit_tolerance=tolerance)
         assert metrics["n_pairs"] == len(true)
         return round(metrics["hit_rate"] * len(true))
 
@@ -129,6 +129,9 @@ def nih_csv_boxes(root) -> pd.DataFrame:
     return table
 
 
+OFFICIAL_NIH_TUNE_DIGEST = "2d8714c75a876a272feafc0da7ed7bc09e2fa9e51230b0a717c11ad5951a9a73"
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_nih_cell_scores_every_localizer_on_boxes_scaled_to_256_px(tmp_path, monkeypatch):
@@ -159,7 +162,7 @@ def test_real_nih_cell_scores_every_localizer_on_boxes_scaled_to_256_px(tmp_path
         "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "image_size": 256, "max_steps_per_epoch": 2,
                   "select_best": False, "device": "cpu"},
         "evaluation": {"bootstrap": 0},
-        # NIH boxes only images of its boxed split: asking to tune must say why it did not
+        # NIH boxes only images of its test list: tuning uses the pinned held-out part of the boxed split
         "localization": {"max_images": max_images, "tune": True},
     }, registry)
 
@@ -188,7 +191,10 @@ def test_real_nih_cell_scores_every_localizer_on_boxes_scaled_to_256_px(tmp_path
     for name, r in rows.items():
         assert r["localizer_status"] == "ok", (name, r["localizer_error"])
         settings = r["localizer_settings"]
-        assert settings["tuned"] is False and settings["tune_skipped"] == "split 'val' has no boxes"
+        assert settings["tuned"] is True and settings["tuned_on"] == "boxes:tune"
+        # the official held-out list (20% of BBox_List_2017.csv's patients, seed 0): the same everywhere
+        assert settings["tune_ids_digest"] == OFFICIAL_NIH_TUNE_DIGEST
+        assert (settings["tune_images"], settings["scored_images"]) == (34, 166)
         m = r["metrics"]
         assert m["loc_images"] == max_images
         for key in ("iou_mean", "iobb_mean", "hit_rate", "acc_iou@0.1", "acc_iobb@0.5", "afp_iou@0.5"):
@@ -201,10 +207,18 @@ def test_real_nih_cell_scores_every_localizer_on_boxes_scaled_to_256_px(tmp_path
     expected = {key: np.sort(g[["x", "y", "w", "h"]].to_numpy() / 4.0, axis=0)
                 for key, g in table.groupby(["name", "label"])}
     classes = records[0]["info"]["classes"]
-    assert len(seen) == len(scored) == len(ALL_LOCALIZERS)
-    data = seen[0][0]
-    assert data.name == "boxes" and data.size == 256 and len(data) == 200
+    tuned = [(d, r) for d, r in seen if d.name == "boxes:tune"]
+    seen = [(d, r) for d, r in seen if d.name == "boxes:test"]
+    assert len(seen) == len(tuned) == len(ALL_LOCALIZERS)
+    assert len(scored) == len(seen)  # the scorer sees the scored part only (tuning scores its own part)
+    data, tune_data = seen[0][0], tuned[0][0]
+    assert data.size == 256 and len(data) == 166 and len(tune_data) == 34
     ids = [str(i) for i in data.split.ids]
+    # patient-disjoint: no patient is both tuned on and scored
+    assert not set(data.split.patient_ids) & set(tune_data.split.patient_ids)
+    tune_ids = {str(i) for i in tune_data.split.ids}
+    expected_all = expected
+    expected = {key: v for key, v in expected_all.items() if key[0] not in tune_ids}
     # the whole boxed split, at the model's input size
     every = {}
     for (row, c), g in data.boxes.groupby(["index", "class_index"]):

@@ -49,8 +49,18 @@ def run_recorded(grid, store, seen):
     return result
 
 
-def test_every_field_of_every_spec_is_read_by_the_cell_pipeline(toy_pm, toy_registry, tiny_grid_dict, tmp_path):
-    set_plugin_manager(toy_pm)
+def test_every_field_of_every_spec_is_read_by_the_cell_pipeline(tiny_grid_dict, tmp_path):
+    import cxrbench_phantom
+
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+    from tests.conftest import builtin_plugins
+    from tests.plugins import toy
+
+    pm = build_plugin_manager(plugins=[*builtin_plugins(), ("phantom", cxrbench_phantom), ("toy", toy)],
+                              entry_points=False)
+    toy_registry = Registry.from_plugin_manager(pm)
+    set_plugin_manager(pm)
     tiny_grid_dict.update(heads=["avg"], localizers=["cam"])
     seen: set[str] = set()
     configs = [
@@ -64,6 +74,12 @@ def test_every_field_of_every_spec_is_read_by_the_cell_pipeline(toy_pm, toy_regi
                           "threshold": {"policy": "fraction", "fraction": 0.5}}},
         {"train": {"epochs": 1, "batch_size": 16, "select_best": False, "optimizer": "sgd", "weight_decay": 1e-4,
                    "amp": False, "channels_last": False, "device": "cpu", "lr": 1e-3}},
+        # a dataset whose val split has no boxes: the pinned held-out tuning part
+        {"datasets": [{"name": "phantom", "options": {"num_images": 60, "image_size": 32,
+                                                      "classes": ["Cardiomegaly", "Effusion"]}}],
+         "train": {"epochs": 1, "batch_size": 16},
+         "localization": {"tune": True, "tune_fraction": 0.3, "tune_seed": 1, "save_maps": True,
+                          "box_thresholds": 20}},
     ]
     for i, extra in enumerate(configs):
         grid = parse_grid({**tiny_grid_dict, **extra, "name": f"spec{i}"}, toy_registry)

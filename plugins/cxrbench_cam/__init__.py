@@ -1,4 +1,4 @@
-"""Localizers for cxrbench: CAM, PCAM, Grad-CAM family, Eigen-CAM and Score-CAM.
+"""Localizers for cxrbench: CAM, PCAM, Grad-CAM family, Eigen-CAM, Score-CAM and a random baseline.
 
 Every localizer returns maps for all requested classes from one call. Gradient methods
 run one forward and one batched backward from the logits to the target layer only.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import cxrbench
 
 from .base import MapLocalizer
+from .baselines import RandomMap
 from .eigen import EigenCAM
 from .gradient import GradCAM, GradCAMPlusPlus, GradientLocalizer, HiResCAM, LayerCAM, XGradCAM
 from .score import ScoreCAM
 from .weights import CAM, PCAM
 
-LOCALIZERS = (CAM, PCAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, EigenCAM, ScoreCAM)
+LOCALIZERS = (CAM, PCAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, EigenCAM, ScoreCAM, RandomMap)
 """Every localizer class this plugin registers."""
 
 
@@ -28,6 +29,7 @@ __all__ = [
     "CAM",
     "LOCALIZERS",
     "PCAM",
+    "RandomMap",
     "EigenCAM",
     "GradCAM",
     "GradCAMPlusPlus",

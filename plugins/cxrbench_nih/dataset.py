@@ -31,6 +31,7 @@ from cxrbench.api import (
     FileDataset,
     FileLayout,
     Split,
+    TuningPopulation,
     UsageError,
     empty_boxes,
     image_size,
@@ -221,7 +222,25 @@ class NIHChestXray14(FileDataset):
             for name, r in rows.items()
         }
         self._attach_boxes(*built["boxes"], bbox)
+        self._population = self._box_population(bbox, entry)
         return built
+
+    @staticmethod
+    def _box_population(bbox: pd.DataFrame, entry: pd.DataFrame) -> TuningPopulation:
+        """Every image of ``BBox_List_2017.csv`` with its patient and box labels (present or not)."""
+        patient_of = dict(zip(entry["name"], entry["patient"], strict=True))
+        labels = bbox.groupby("name", sort=True)["label"].apply(tuple)
+        ids = tuple(str(n) for n in labels.index)
+        # a box image missing from Data_Entry cannot happen in the release; its name's prefix is the patient
+        patients = tuple(f"{int(patient_of.get(n, n[:8])):08d}" for n in ids)
+        return TuningPopulation(ids, patients, tuple(labels.tolist()))
+
+    def tuning_population(self, split: str) -> TuningPopulation | None:
+        """The whole published box list, so the tuning part is the same on every machine."""
+        if split != "boxes":
+            return None
+        self.split("boxes")  # builds the tables once
+        return self._population
 
     def _warn_missing(
         self,
