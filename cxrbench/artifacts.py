@@ -74,6 +74,10 @@ class CellArtifacts:
         """Saved localizer maps of the scored split (``localization.save_maps``)."""
         return self.folder / "maps" / f"{localizer_key}.npz"
 
+    def pair_scores(self, localizer_key: str) -> Path:
+        """Per-pair localization scores (for paired comparisons of two localizers on this cell)."""
+        return self.folder / "pairs" / f"{localizer_key}.npz"
+
     def ensure(self) -> CellArtifacts:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self

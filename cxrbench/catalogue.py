@@ -118,6 +118,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "localization", split="boxes", in_table=False, source=CHOE),
     MetricSpec("maxboxacc", "MaxBoxAcc", "box accuracy of the largest region's box, IoU >= 0.5, at the best "
                "threshold of a sweep", "localization", per_class=True, split="boxes", in_table=False, source=CHOE),
+    MetricSpec("pxap", "PxAP", "pixel average precision of the maps against the true boxes rasterised as masks, "
+               "all pairs' pixels pooled, over the threshold sweep", "localization", per_class=True,
+               split="boxes", source=CHOE),
     MetricSpec("iou_mean", "IoU", "mean over (image, class) pairs of the best IoU of a predicted box with a true box",
                "localization", per_class=True, per_class_key="iou", split="boxes", compact=True, source=SEED,
                ci=("iou_mean_ci_low", "iou_mean_ci_high")),
@@ -148,7 +151,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("hit_rate_pairs", "Hit/pairs", "pointing game over all pairs (not averaged per class)",
                "localization", split="boxes", in_table=False),
     MetricSpec("no_peak_maps", "no peak", "scored maps without a peak (constant or NaN): counted as misses",
-               "count", higher_is_better=False, digits=0, split="boxes", in_table=False),
+               "localization", higher_is_better=False, digits=0, split="boxes", compact=True),
     MetricSpec("heatmap_value_in_box_mean", "in-box", "mean heatmap value inside the true boxes", "localization",
                split="boxes", in_table=False),
     MetricSpec("n_pairs", "pairs", "number of (image, class) pairs with a true box that were scored", "count",

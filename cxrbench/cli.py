@@ -276,6 +276,9 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
     shown = reporting.add_plugin_columns(shown, STATE.pm)
     if fmt == "table":
         reporting.render_tables(console, shown, grid_name, sort_key=sort_key, sig=sig)
+        comparison = reporting.compare_localizers(ungrouped, results_dir) if significance and not group_by else None
+        if comparison is not None:
+            console.print(comparison.sentence(), highlight=False)
         if explain:
             console.print(reporting.explain_table(shown))
         return

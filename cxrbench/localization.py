@@ -25,10 +25,11 @@ from .boxes import (
 )
 from .data import BatchLoader, PreparedSplit
 from .interfaces import Classifier, Localizer
+from .locmetrics.bootstrap import bootstrap_max_accuracy, bootstrap_mean
 from .locmetrics.maxboxacc import maxboxacc, maxboxacc_v2
 from .locmetrics.peaks import map_peaks
 from .locmetrics.pointing import pointing_game
-from .metrics import bootstrap_counts
+from .locmetrics.pxap import pxap
 from .options import options_to_dict, parse_options
 
 
@@ -193,7 +194,8 @@ def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str],
     * Pointing game (Zhang et al. 2016): hit when the peak is within ``hit_tolerance``
       ORIGINAL-image pixels of a true box; ``hit_rate`` is the mean over classes, maps
       without a peak (constant, NaN) are misses and counted in ``no_peak_maps``.
-    * MaxBoxAcc and MaxBoxAccV2 (Choe et al. 2020) over ``box_thresholds`` thresholds.
+    * MaxBoxAcc and MaxBoxAccV2 (Choe et al. 2020) over ``box_thresholds`` thresholds, and
+      PxAP (pixel average precision, the true boxes rasterised as masks).
     * With ``n_boot``: patient-level percentile bootstrap intervals (level ``ci``) of IoU,
       hit rate and MaxBoxAccV2 (``<key>_ci_low`` / ``<key>_ci_high``).
 
@@ -226,15 +228,21 @@ def score(run: LocalizationRun, policy: ThresholdPolicy, class_names: list[str],
         metrics["maxboxacc_v2"] = v2.value
         for delta, value in zip(v2.deltas, v2.max_accuracy, strict=True):
             metrics[f"maxboxacc_v2@{delta:g}"] = float(value)
+        ap = pxap(run.maps, run.pair_classes, true_boxes=run.true_boxes, n_thresholds=box_thresholds, n_classes=k)
+        metrics["pxap"] = float(ap.ap)
         for c, name in enumerate(class_names):
             metrics[f"maxboxacc/{name}"] = float(v1.class_value[c])
             metrics[f"maxboxacc_v2/{name}"] = float(v2.class_value[c])
+            metrics[f"pxap/{name}"] = float(ap.class_ap[c])
         extra = {"maxboxacc_threshold": float(v1.best_threshold[0]),
                  "maxboxacc_v2_thresholds": {f"{d:g}": float(t) for d, t in zip(v2.deltas, v2.best_threshold,
                                                                                  strict=True)},
                  "box_thresholds": box_thresholds}
+        best_iou = _score_pairs(pairs, 0.0).best_iou
+        extra["_pair_scores"] = {"patients": np.asarray(run.patients, dtype=str), "classes": run.pair_classes,
+                                 "rows": run.pair_rows, "best_iou": best_iou, "hits": pg.hits,
+                                 "correct": v2.correct()}
         if n_boot > 0:
-            best_iou = _score_pairs(pairs, 0.0).best_iou
             metrics.update(localization_intervals(run, best_iou, pg.hits, v2.correct(), n_boot=n_boot,
                                                   seed=boot_seed, ci=ci, n_classes=k))
     return metrics, extra
@@ -244,29 +252,18 @@ def localization_intervals(run: LocalizationRun, best_iou: np.ndarray, hits: np.
                            n_boot: int, seed: int, ci: float, n_classes: int) -> dict[str, float]:
     """Patient-level percentile bootstrap intervals of ``iou_mean``, ``hit_rate`` and ``maxboxacc_v2``.
 
-    Each replicate draws patients with replacement (every pair of a drawn patient comes in,
-    as often as the patient was drawn: ``cxrbench.metrics.bootstrap_counts``) and recomputes
-    the statistic exactly as it is reported: the mean IoU over pairs, the pointing game's
-    mean over classes, and MaxBoxAccV2's maximum over thresholds per IoU cut-off, averaged
-    over the cut-offs (the threshold is chosen again in every replicate).
+    Each statistic is recomputed per replicate exactly as it is reported
+    (:mod:`cxrbench.locmetrics.bootstrap`): the mean IoU over pairs, the pointing game's mean
+    over classes, and MaxBoxAccV2 with its thresholds chosen again in every replicate.
     """
-    weights = bootstrap_counts(run.patients, n_boot, seed).astype(np.float64)  # R x P
-    total = weights.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = weights @ best_iou / total
-        onehot = np.zeros((len(hits), n_classes))
-        onehot[np.arange(len(hits)), run.pair_classes] = 1.0
-        class_rate = (weights @ (onehot * hits[:, None])) / (weights @ onehot)
-        hit = np.nanmean(np.where(np.isfinite(class_rate), class_rate, np.nan), axis=1)
-        p, d, t = correct.shape
-        accuracy = (weights @ correct.reshape(p, d * t).astype(np.float64)).reshape(-1, d, t) / total[:, None, None]
-        v2 = accuracy.max(axis=2).mean(axis=1)
+    intervals = {
+        "iou_mean": bootstrap_mean(best_iou, run.patients, n_boot=n_boot, seed=seed, ci=ci),
+        "hit_rate": bootstrap_mean(hits, run.patients, classes=run.pair_classes, n_boot=n_boot, seed=seed, ci=ci),
+        "maxboxacc_v2": bootstrap_max_accuracy(correct, run.patients, n_boot=n_boot, seed=seed, ci=ci),
+    }
     out: dict[str, float] = {}
-    tail = (1.0 - ci) / 2.0 * 100.0
-    for key, values in (("iou_mean", iou), ("hit_rate", hit), ("maxboxacc_v2", v2)):
-        finite = values[np.isfinite(values)]
-        low, high = np.percentile(finite, [tail, 100.0 - tail]) if finite.size else (np.nan, np.nan)
-        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(low), float(high)
+    for key, interval in intervals.items():
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(interval.low), float(interval.high)
     return out
 
 
@@ -295,6 +292,7 @@ def evaluate(
     boot_seed: int = 0,
     ci: float = 0.95,
     maps_path: Path | None = None,
+    pair_scores_path: Path | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Localization metrics of one localizer and the settings that produced them.
 
@@ -317,6 +315,8 @@ def evaluate(
         boot_seed: their seed.
         ci: their level.
         maps_path: where to save the scored maps (None = not saved).
+        pair_scores_path: where to save the per-pair scores (best IoU, hit, MaxBoxAccV2
+            correctness) used by paired comparisons of localizers.
 
     Returns:
         (metrics, settings): settings holds the policy actually used and how it was chosen.
@@ -339,7 +339,13 @@ def evaluate(
                        keep_all=maps_path is not None)
     metrics, extra = score(run, policy, class_names, hit_tolerance, box_thresholds=box_thresholds, n_boot=n_boot,
                            boot_seed=boot_seed, ci=ci)
+    pair_scores = extra.pop("_pair_scores", None)
     settings.update(extra)
+    if pair_scores_path is not None and pair_scores is not None:
+        from .artifacts import save_npz_atomic
+
+        ids = np.asarray([str(boxed.split.ids[r]) for r in pair_scores.pop("rows")])
+        save_npz_atomic(pair_scores_path, ids=ids, **pair_scores)
     if maps_path is not None:
         save_maps(maps_path, run, boxed, class_names)
     metrics["loc_ms_per_image"] = run.ms_per_image

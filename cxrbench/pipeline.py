@@ -191,6 +191,7 @@ class _CellRun:
                 tune_on=tune_on, overlay_dir=overlay_dir, overlays=spec.save_overlays,
                 box_thresholds=spec.box_thresholds, n_boot=evaluation.bootstrap, boot_seed=evaluation.bootstrap_seed,
                 ci=evaluation.ci, maps_path=self.artifacts.maps(lt.key) if spec.save_maps else None,
+                pair_scores_path=self.artifacts.pair_scores(lt.key),
             )
             settings = {**settings, **protocol, "options": options_to_dict(lt.spec.options), "split": spec.split,
                         "hit_tolerance": spec.hit_tolerance, "hit_tolerance_unit": "original image pixels",

@@ -121,3 +121,36 @@ def test_saved_maps_rescore_to_the_stored_numbers(toy_pm, toy_registry, tiny_gri
     # float16 storage moves values by < 1e-3: the threshold-free score agrees to that precision
     assert again.value == pytest.approx(loc.metrics["maxboxacc_v2"], abs=0.05)
     assert len(pairs) == loc.metrics["n_pairs"]
+
+
+def _pair_file(root, cell_id, key, correct, patients):
+    from cxrbench.artifacts import CellArtifacts, save_npz_atomic
+
+    n = correct.shape[0]
+    save_npz_atomic(CellArtifacts.of(root, cell_id).pair_scores(key), ids=np.asarray([f"i{i}" for i in range(n)]),
+                    patients=patients, classes=np.zeros(n, np.int64), best_iou=np.zeros(n), hits=np.zeros(n, bool),
+                    correct=correct)
+
+
+def test_compare_localizers_on_the_same_pairs(tmp_path):
+    from cxrbench.reporting import LeaderboardRow, compare_localizers
+
+    rng = np.random.default_rng(0)
+    n = 80
+    patients = np.asarray([f"p{i // 2}" for i in range(n)])
+    good = rng.random((n, 3, 10)) < 0.8
+    bad = good & (rng.random((n, 3, 10)) < 0.4)
+
+    def row(name, key, value):
+        return LeaderboardRow(kind="cell", cell_id="c1", grid="g", dataset="d", backbone="b", head="h", localizer=name,
+                              seed=0, status="ok", metrics={"maxboxacc_v2": value}, localizer_key=key,
+                              localizer_status="ok")
+
+    _pair_file(tmp_path, "c1", "ka", good, patients)
+    _pair_file(tmp_path, "c1", "kb", bad, patients)
+    _pair_file(tmp_path, "c1", "kc", good.copy(), patients)
+    clear = compare_localizers([row("bad", "kb", 0.3), row("good", "ka", 0.8)], tmp_path, n_boot=300)
+    assert (clear.best, clear.next) == ("good", "bad") and clear.significant and clear.low > 0
+    same = compare_localizers([row("good", "ka", 0.8), row("twin", "kc", 0.8)], tmp_path, n_boot=300)
+    assert same.diff == 0 and not same.significant
+    assert compare_localizers([row("good", "ka", 0.8)], tmp_path) is None  # nothing to compare with

@@ -299,23 +299,31 @@ def _fill_holes(vp: np.ndarray, h: int, w: int) -> np.ndarray:
     w2 = w + 2
     n2 = (h + 2) * w2
     e = np.zeros(n2, np.int32)
+    # forward scan (the marker is 255 inside, the pad's 0 outside)
     for r in range(h):
-        for c in range(w):
-            e[(r + 1) * w2 + c + 1] = LEVELS - 1
-    for r in range(h):
-        for c in range(w):
-            p = (r + 1) * w2 + c + 1
-            e[p] = max(vp[p], min(e[p], e[p - w2], e[p - 1]))
+        base = (r + 1) * w2 + 1
+        for p in range(base, base + w):
+            m = e[p - w2]
+            if e[p - 1] < m:
+                m = e[p - 1]
+            e[p] = vp[p] if vp[p] > m else m
     queue = np.empty(n2, np.int32)
     queued = np.zeros(n2, np.bool_)
     head = 0
     count = 0
+    # backward scan; pad pixels hold e = v = 0, so they never count as lowerable
     for r in range(h - 1, -1, -1):
-        for c in range(w - 1, -1, -1):
-            p = (r + 1) * w2 + c + 1
-            e[p] = max(vp[p], min(e[p], e[p + w2], e[p + 1]))
+        base = (r + 1) * w2 + 1
+        for p in range(base + w - 1, base - 1, -1):
+            m = e[p]
+            if e[p + w2] < m:
+                m = e[p + w2]
+            if e[p + 1] < m:
+                m = e[p + 1]
+            ep = vp[p] if vp[p] > m else m
+            e[p] = ep
             q = p + w2
-            if (r + 1 < h and e[q] > e[p] and e[q] > vp[q]) or (c + 1 < w and e[p + 1] > e[p] and e[p + 1] > vp[p + 1]):
+            if (e[q] > ep and e[q] > vp[q]) or (e[p + 1] > ep and e[p + 1] > vp[p + 1]):
                 queue[(head + count) % n2] = p
                 queued[p] = True
                 count += 1

@@ -23,7 +23,7 @@ from .rows import (
     sort_rows,
     top_rows,
 )
-from .significance import Significance, significance
+from .significance import LocalizerComparison, Significance, compare_localizers, significance
 from .tables import classification_table, explain_table, localization_table, per_class_table, render_tables
 
 __all__ = [
@@ -31,12 +31,14 @@ __all__ = [
     "FORMATS",
     "GROUP_AXES",
     "LeaderboardRow",
+    "LocalizerComparison",
     "Significance",
     "add_plugin_columns",
     "axes_except",
     "cell_rows",
     "check_sort_key",
     "classification_table",
+    "compare_localizers",
     "explain_table",
     "export",
     "filter_rows",

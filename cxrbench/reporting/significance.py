@@ -73,3 +73,69 @@ def significance(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_
         return None
     return Significance(best.cell_id, runner_up.cell_id, float(diff), float(low), float(high), float(p),
                         bool(p < alpha and diff > 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizerComparison:
+    """MaxBoxAccV2 of the two best localizers of one cell, compared on the same pairs.
+
+    Attributes:
+        cell_id: the cell.
+        best: the better localizer's name.
+        next: the runner-up's name.
+        diff: MaxBoxAccV2 of best minus runner-up.
+        low: lower bound of the difference's interval.
+        high: upper bound.
+        p: two-sided bootstrap p-value.
+        level: the interval's level.
+
+    """
+
+    cell_id: str
+    best: str
+    next: str
+    diff: float
+    low: float
+    high: float
+    p: float
+    level: float = 0.95
+
+    @property
+    def significant(self) -> bool:
+        return self.p < 0.05 and self.diff > 0
+
+    def sentence(self) -> str:
+        verdict = "[green]significantly better[/] than" if self.significant else "not significantly different from"
+        return (f"On cell {self.cell_id}, localizer {self.best} is {verdict} {self.next}: MaxBoxAccV2 "
+                f"{self.diff:+.4f} ({100 * self.level:g}% CI {self.low:.4f} to {self.high:.4f}, paired bootstrap "
+                f"over patients, p = {self.p:.3g})")
+
+
+def compare_localizers(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_boot: int = 1000,
+                       level: float = 0.95) -> LocalizerComparison | None:
+    """The top cell's two best localizers by MaxBoxAccV2, compared on their saved per-pair scores."""
+    from ..locmetrics.bootstrap import paired_bootstrap_diff
+
+    scored = [r for r in rows if r.kind == "cell" and r.localizer_status == "ok" and r.localizer_key
+              and not missing(r.metrics.get("maxboxacc_v2"))]
+    if not scored:
+        return None
+    scored.sort(key=lambda r: -r.metrics["maxboxacc_v2"])
+    cell = scored[0].cell_id
+    same = [r for r in scored if r.cell_id == cell]
+    if len(same) < 2:
+        return None
+    a, b = same[0], same[1]
+    paths = [CellArtifacts.of(results_root, cell).pair_scores(r.localizer_key) for r in (a, b)]
+    if not all(p.exists() for p in paths):
+        return None
+    try:
+        sa, sb = (np.load(p, allow_pickle=False) for p in paths)
+        if sa["ids"].shape != sb["ids"].shape or not (sa["ids"] == sb["ids"]).all():
+            return None
+        diff = paired_bootstrap_diff(sa["correct"], sb["correct"], sa["patients"], statistic="max_accuracy",
+                                     n_boot=n_boot, seed=0, ci=level)
+    except (ValueError, KeyError, OSError):
+        return None
+    return LocalizerComparison(cell, str(a.localizer), str(b.localizer), float(diff.difference), float(diff.low),
+                               float(diff.high), float(diff.p_value), level)
