@@ -80,16 +80,38 @@ results_option = click.option(
 class CxrbenchGroup(click.Group):
     """The root command: loads plugin commands, maps every error to its exit code."""
 
+    def _add_plugin_commands(self) -> None:
+        """Each plugin's ``cxrbench_add_commands``, one at a time; none may replace a built-in command.
+
+        Raises:
+            PluginError: naming the plugin that failed, exited, or replaced a built-in command.
+
+        """
+        for impl in reversed(STATE.pm.hook.cxrbench_add_commands.get_hookimpls()):
+            before = dict(self.commands)
+            try:
+                impl.function(cli=self)
+            except (Exception, SystemExit) as exc:
+                self.commands = before
+                raise PluginError(f"plugin {impl.plugin_name!r}: cxrbench_add_commands failed: "
+                                  f"{type(exc).__name__}: {one_line(str(exc))[:200]}") from None
+            replaced = sorted(name for name, command in before.items() if self.commands.get(name) is not command)
+            if replaced:
+                self.commands = before
+                raise PluginError(f"plugin {impl.plugin_name!r} tried to replace the built-in command "
+                                  f"{replaced[0]!r}; plugin commands need names of their own")
+
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # noqa: D102
         extra.pop("standalone_mode", None)
         try:
             if not getattr(self, "_plugin_commands_added", False):
-                STATE.pm.hook.cxrbench_add_commands(cli=self)
+                self._add_plugin_commands()
                 self._plugin_commands_added = True
             super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except (PluginError, UsageError) as exc:
             _fail(str(exc))
         except (KeyboardInterrupt, click.exceptions.Abort):
+            _ignore_further_interrupts()
             _fail("interrupted", EXIT_INTERRUPTED)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
@@ -204,6 +226,8 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
                            cache_root=cache_root, display=display)
         rows = rows_from_cells(store.cells(grid.name))
+    if summary.interrupted:
+        _ignore_further_interrupts()
     render_tables(console, add_plugin_columns(rows, STATE.pm), grid.name)
     if summary.interrupted:
         err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
@@ -211,7 +235,14 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
     localizers = f", {summary.localizers_failed} localizer runs failed" if summary.localizers_failed else ""
     console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done{localizers} "
                   f"(results in {results_dir})", highlight=False)
-    if summary.failed or summary.localizers_failed:
+    # the exit code tells the state of the whole grid, also of cells that failed in an earlier run
+    failed_cells = sorted({r.cell_id for r in rows if r.status != "ok"})
+    failed_localizers = sum(1 for r in rows if r.status == "ok" and r.localizer_status == "failed")
+    if failed_cells or failed_localizers:
+        if not (summary.failed or summary.localizers_failed):
+            err_console.print(f"[red]{len(failed_cells)} cells and {failed_localizers} localizer runs of grid "
+                              f"'{escape(grid.name)}' are failed in the store[/] (rerun them with --rerun-failed)",
+                              highlight=False)
         sys.exit(EXIT_FAILED)
 
 
@@ -520,13 +551,31 @@ def _executor_entry(text: str) -> Any:
         raise UsageError(f"--executor: {problem} in {text!r}") from None
 
 
+def _ignore_further_interrupts() -> None:
+    """A second Ctrl-C (or SIGTERM) while shutting down must not end the process by the signal."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     err_console.print(f"[red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler, ``kill``) stops a run as Ctrl-C does: finished cells saved, exit 2."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``cxrbench``)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     cli.main(args=argv, prog_name="cxrbench")
 
 

@@ -242,22 +242,81 @@ class GridSpec:
     source: str | None = None
 
 
+MAX_GRID_NODES = 100_000
+"""The most values a grid document may expand to (aliases counted as often as they are used)."""
+
+
+class GridLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
+                                                        key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def expanded_size(document: Any, limit: int = MAX_GRID_NODES) -> int:
+    """How many values ``document`` holds with every alias expanded (stops counting past ``limit``).
+
+    Aliases share objects, so the loaded document is small even when its expansion is not
+    (a 0.9 KB "billion laughs" grid expands to 9^8 values); counting per object id keeps this
+    cheap and iterative (no recursion limit).
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(document, False)]
+    while stack:
+        value, expanded = stack.pop()
+        children = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        if id(value) in sizes:
+            continue
+        if not children:
+            sizes[id(value)] = 1
+        elif expanded:
+            sizes[id(value)] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+        else:
+            stack.append((value, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(document)]
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file safely; errors are one line naming the file."""
+    """Read a YAML file safely; errors are one line naming the file.
+
+    Refused with one line: duplicate keys, documents that expand past
+    :data:`MAX_GRID_NODES` values (YAML alias bombs), nesting too deep to parse, and
+    text that is not UTF-8.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("", "no such grid file", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
     except OSError as exc:
         raise ConfigError("", f"cannot read grid file: {exc.strerror}", source=str(path)) from None
     try:
-        return yaml.safe_load(text)
+        document = yaml.load(text, Loader=GridLoader)  # noqa: S506 - GridLoader is a SafeLoader
+    except RecursionError:
+        raise ConfigError("", "nesting too deep to be a grid", source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"invalid YAML: {where}{problem}", source=str(path)) from None
+    if expanded_size(document) > MAX_GRID_NODES:
+        raise ConfigError("", f"the grid expands to more than {MAX_GRID_NODES:,} values (YAML aliases?)",
+                          source=str(path))
+    return document
 
 
 def _axis(registry: Registry, raw: dict, key: str, kind: str, *, required: bool = True, **kw: Any) -> tuple:
@@ -327,8 +386,8 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise ConfigError("seeds", f"expected a non-empty list of integers, got {seeds_raw!r}")
     for i, seed in enumerate(seeds_raw):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seeds[{i}]", f"expected a non-negative integer, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ConfigError(f"seeds[{i}]", f"expected an integer from 0 to 2**32 - 1, got {seed!r}")
     if len(set(seeds_raw)) != len(seeds_raw):
         raise ConfigError("seeds", "duplicate seeds")
 
@@ -363,7 +422,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
         for axis, value in rule.items():
             if axis not in AXES:
                 raise ConfigError(join_key(f"exclude[{i}]", axis), f"unknown axis; valid: {', '.join(AXES)}")
-            if value not in axis_names[axis]:
+            if isinstance(value, (list, dict)) or value not in axis_names[axis]:
                 raise ConfigError(
                     f"exclude[{i}].{axis}",
                     f"{value!r} is not in the grid's {axis}s "

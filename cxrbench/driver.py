@@ -18,7 +18,7 @@ from .events import RunEvents
 from .grid import Cell, expand, localizer_key
 from .options import options_to_dict
 from .pipeline import open_dataset
-from .records import CellResult
+from .records import CellResult, LocalizerResult
 from .registry import ComponentSpec
 from .tasks import CellTask, LocalizerTask
 
@@ -88,12 +88,23 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
 
 
 def merge_partial(store: Any, task: CellTask, result: CellResult) -> CellResult:
-    """For a localizer-only task, keep the stored classification metrics, info and provenance."""
-    if task.retrain or not result.ok:
+    """For a localizer-only task, keep the stored classification metrics, info and provenance.
+
+    A localizer-only pass that failed as a whole (e.g. an unreadable checkpoint) never
+    overwrites the cell's good record: its localizers are recorded as failed, with the
+    reason, and the cell stays ``ok``.
+    """
+    if task.retrain:
         return result
     previous = store.cell(task.cell.cell_id)
     if previous is None:
         return result
+    if not result.ok:
+        failed = tuple(LocalizerResult.failure(lt.key, lt.spec.name, result.error or "failed", result.traceback)
+                       for lt in task.localizers)
+        kept = {loc.key: loc for loc in previous.localizations if loc.key not in {f.key for f in failed}}
+        return dataclasses.replace(previous, localizations=tuple(kept.values()) + failed,
+                                   warnings=tuple(previous.warnings) + tuple(result.warnings))
     info = {**previous.info, **{k: v for k, v in result.info.items() if k != "history"}}
     return dataclasses.replace(result, metrics=previous.metrics, info=info, provenance=previous.provenance,
                                started_at=previous.started_at or result.started_at)

@@ -23,6 +23,10 @@ def one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
 
 
+MAX_MESSAGE = 300
+"""Characters of a configuration error's message kept (the rest is cut)."""
+
+
 class CxrbenchError(Exception):
     """Base class of every error cxrbench raises on purpose."""
 
@@ -37,10 +41,11 @@ class ConfigError(UsageError):
     def __init__(self, path: str, message: str, *, source: str | None = None) -> None:
         self.path = path
         self.source = source
-        self.message = message
+        # values quoted in messages come from user files: keep the line readable and bounded
+        self.message = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "... (cut)"
         prefix = f"{source}: " if source else ""
         location = f"{path}: " if path else ""
-        super().__init__(f"{prefix}{location}{message}")
+        super().__init__(f"{prefix}{location}{self.message}")
 
 
 class PluginError(UsageError):

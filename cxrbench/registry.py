@@ -60,8 +60,14 @@ class ComponentSpec:
         return options_to_dict(self.options)
 
     def key(self) -> dict[str, Any]:
-        """What identifies this choice (name + options) in a cell id."""
-        out: dict[str, Any] = {"name": self.name, "options": self.options_dict()}
+        """What identifies this choice (name + options) in a cell id.
+
+        Options a component added after results existed, listed with their default in its
+        ``ID_NEUTRAL_DEFAULTS``, are left out at that default, so finished cells keep their ids.
+        """
+        neutral = getattr(self.cls, "ID_NEUTRAL_DEFAULTS", {})
+        options = {k: v for k, v in self.options_dict().items() if not (k in neutral and neutral[k] == v)}
+        out: dict[str, Any] = {"name": self.name, "options": options}
         if self.threshold is not None:
             out["threshold"] = self.threshold
         return out

@@ -313,3 +313,21 @@ def test_token_models_give_a_feature_map(registry):
     tokens = backbone.model.forward_features(x)
     prefix = backbone.model.num_prefix_tokens
     assert torch.equal(fmap[:, :, 1, 2], tokens[:, prefix + 1 * 4 + 2])
+
+
+def test_output_stride_gives_finer_maps_and_keeps_old_cell_ids():
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+    from tests.conftest import builtin_plugins
+
+    registry = Registry.from_plugin_manager(build_plugin_manager(plugins=builtin_plugins(), entry_points=False))
+    plain = registry.create("backbone", "resnet10t")
+    finer = registry.create("backbone", {"name": "resnet10t", "options": {"output_stride": 16}})
+    x = torch.zeros((1, 1, 64, 64))
+    with torch.no_grad():
+        assert plain.build().eval().forward_features(x).shape[-2:] == (2, 2)
+        assert finer.build().eval().forward_features(x).shape[-2:] == (4, 4)
+    assert "output_stride" not in plain.key()["options"]  # at its default: the id of older cells
+    assert finer.key()["options"]["output_stride"] == 16 and finer.label() == "resnet10t[output_stride=16]"
+    with pytest.raises(Exception, match="output_stride must be 8, 16 or 32"):
+        registry.create("backbone", {"name": "resnet10t", "options": {"output_stride": 12}})

@@ -23,7 +23,7 @@ def test_valid_grid(toy_registry, tiny_grid_dict):
          "backbones[1]: unknown backbone 'densnet121'; did you mean 'densenet121'?"),
         (lambda g: g.update(heads=[]), "heads: empty; list at least one head"),
         (lambda g: g.pop("datasets"), "datasets: missing; list at least one dataset"),
-        (lambda g: g.update(seeds=[0, "one"]), "seeds[1]: expected a non-negative integer, got 'one'"),
+        (lambda g: g.update(seeds=[0, "one"]), "seeds[1]: expected an integer from 0 to 2**32 - 1, got 'one'"),
         (lambda g: g.update(trian={}), "trian: unknown key; did you mean 'train'?"),
         (lambda g: g["train"].update(epochs="3"), "train.epochs: expected an integer, got '3'"),
         (lambda g: g["train"].update(optimizer="adagrad"), "train.optimizer: expected one of"),

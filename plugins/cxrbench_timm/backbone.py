@@ -65,6 +65,9 @@ class TimmOptions:
             the pooling head's ``dropout`` is the one that acts on the pooled features).
         attention: module applied to the feature map: ``se`` (channel attention),
             ``spatial`` (non-local self-attention), ``fpa`` (feature pyramid attention).
+        output_stride: input pixels per feature-map cell for models that support it
+            (ResNets: 32 by default; 16 or 8 dilate the last stages, giving finer maps for
+            localization at more compute); null = the model's own.
         model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g.
             ``drop_path_rate`` or ``dynamic_img_size`` for vision transformers).
 
@@ -75,6 +78,7 @@ class TimmOptions:
     freeze: bool = False
     drop_rate: float = 0.0
     attention: Literal["none", "se", "spatial", "fpa"] = "none"
+    output_stride: int | None = None
     model_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
@@ -88,6 +92,8 @@ class TimmOptions:
         if isinstance(self.pretrained, str) and not Path(self.pretrained).expanduser().is_file():
             # caught when the grid is validated, not once per cell after the run has started
             raise ValueError(f"pretrained weights file not found: {self.pretrained}")
+        if self.output_stride is not None and self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32 (or null), got {self.output_stride}")
         reserved = sorted(set(self.model_kwargs) & set(RESERVED_KWARGS))
         if reserved:
             raise ValueError(f"model_kwargs may not set {', '.join(reserved)}: use the backbone options")
@@ -125,6 +131,8 @@ class TimmBackbone(Backbone):
     """
 
     NAME = "timm"
+    ID_NEUTRAL_DEFAULTS: ClassVar[dict[str, Any]] = {"output_stride": None}
+    """Options added after results stores existed: left out of cell ids at these values."""
     EXAMPLES: ClassVar[tuple[str, ...]] = ("mobilenetv3_small_050", "timm/resnet10t")
     """Family members that contract tests and ``cxrbench list`` can show for this class."""
     Options = TimmOptions
@@ -155,6 +163,8 @@ class TimmBackbone(Backbone):
 
     def _create(self, arch: str, options: TimmOptions) -> nn.Module:
         kwargs: dict[str, Any] = dict(options.model_kwargs)
+        if options.output_stride is not None:
+            kwargs["output_stride"] = options.output_stride
         kwargs.update(in_chans=options.in_chans, num_classes=0, global_pool="")
         if options.drop_rate:  # only when set: not every timm model takes drop_rate
             kwargs["drop_rate"] = options.drop_rate

@@ -1,0 +1,161 @@
+"""Regression tests for the faults the attack on cxrbench found (issue 18), one per item."""
+
+from __future__ import annotations
+
+import yaml
+
+from cxrbench.store import ResultsStore
+
+
+def _grid(tmp_path, grid_dict):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid_dict))
+    return path
+
+
+def test_item1_a_rerun_exits_1_while_cells_of_the_grid_are_failed(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    tiny_grid_dict["backbones"] = [{"name": "exploding"}]  # the toy plugin's backbone that raises
+    grid, results = _grid(tmp_path, tiny_grid_dict), tmp_path / "r"
+    first = run_cli("run", "--grid", grid, "--results", results, "--no-progress")
+    assert first.exit_code == 1
+    again = run_cli("run", "--grid", grid, "--results", results, "--no-progress")
+    assert "0 ok, 0 failed, 1 already done" in again.output
+    assert again.exit_code == 1 and "are failed in the store" in again.output  # before: exit 0
+
+
+def test_item5_a_failed_localizer_only_pass_keeps_the_cell_record(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict.update(heads=["avg"], localizers=["cam"])
+    grid, results = _grid(tmp_path, tiny_grid_dict), tmp_path / "r"
+    assert run_cli("run", "--grid", grid, "--results", results, "--no-progress").exit_code == 0
+    with ResultsStore(results) as store:
+        (cell,) = store.cells("tiny")
+        store.artifacts(cell.cell_id).best.write_bytes(b"tampered")  # an unreadable checkpoint
+    tiny_grid_dict["localizers"] = ["cam", "gradcam"]
+    grid = _grid(tmp_path, tiny_grid_dict)
+    rerun = run_cli("run", "--grid", grid, "--results", results, "--no-progress")
+    assert rerun.exit_code == 1
+    with ResultsStore(results) as store:
+        after = store.cell(cell.cell_id)
+    assert after.status == "ok" and after.metrics["auroc_mean"] == cell.metrics["auroc_mean"]  # before: failed, null
+    by_name = {loc.name: loc for loc in after.localizations}
+    assert by_name["cam"].ok and by_name["cam"].metrics == cell.localizations[0].metrics  # the good row stays
+    assert not by_name["gradcam"].ok and by_name["gradcam"].error  # the new one failed, with its reason
+
+
+def _bomb(levels: int = 8, width: int = 9) -> str:
+    lines = [f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nname: *a{levels}\n"
+
+
+def test_item3_a_yaml_alias_bomb_is_refused_fast_in_one_short_line(run_cli, tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())  # 0.9 KB; before: 35 s, 4.9 GB and a 351 MB "one-line" error
+    started = time.perf_counter()
+    result = run_cli("validate", path)
+    assert result.exit_code == 4 and time.perf_counter() - started < 5
+    assert "expands to more than 100,000 values" in result.output and len(result.output) < 400
+
+
+def test_item11_configuration_faults_are_usage_errors(run_cli, tmp_path):
+    cases = {
+        "dup.yaml": b"name: a\nname: b\n",
+        "deep.yaml": b"name: x\ndatasets: " + b"[" * 1500 + b"]" * 1500 + b"\n",
+        "latin1.yaml": b"name: caf\xe9\n",
+        "nan.yaml": b"name: t\ndatasets: [toy]\nbackbones: [tiny]\nheads: [avg]\nlocalization: {hit_tolerance: .nan}\n",
+    }
+    expected = {"dup.yaml": "duplicate key 'name'", "deep.yaml": "nesting too deep", "latin1.yaml": "not UTF-8",
+                "nan.yaml": "hit_tolerance must be a finite number"}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text)
+        result = run_cli("validate", path)
+        assert result.exit_code == 4, (name, result.output)
+        assert expected[name] in result.output and result.output.count("\n") == 1, (name, result.output)
+
+
+def test_long_values_are_cut_in_error_messages(run_cli, tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text("name: t\ndatasets: [toy]\nbackbones: [tiny]\nheads: [avg]\nseeds: " + "x" * 5000 + "\n")
+    result = run_cli("validate", path)
+    assert result.exit_code == 4 and "(cut)" in result.output and len(result.output) < 500
+
+
+def test_item16_sigterm_ends_a_run_with_exit_2_and_keeps_finished_cells(tmp_path, tiny_grid_dict):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    tiny_grid_dict["seeds"] = [0, 1, 2, 3, 4, 5]  # far more than can finish before the signal lands
+    tiny_grid_dict["localizers"] = []
+    tiny_grid_dict["train"]["epochs"] = 3
+    grid, results = _grid(tmp_path, tiny_grid_dict), tmp_path / "r"
+    env = dict(os.environ, CXRBENCH_PLUGINS="tests.plugins.toy", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", "from cxrbench.cli import main; main()", "run", "--grid", str(grid),
+           "--results", str(results), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (results / "cxrbench.sqlite").exists():
+            with ResultsStore(results) as store:
+                if store.statuses():
+                    break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (proc.returncode, err)  # before: -15, no message
+    assert "interrupted" in err
+    with ResultsStore(results) as store:
+        assert "ok" in store.statuses().values()
+
+
+def test_item15_a_plugin_cannot_replace_a_builtin_command_or_fail_unnamed(toy_pm):
+    import click
+
+    import cxrbench
+    from cxrbench import cli as cli_module
+    from cxrbench.errors import PluginError
+    from cxrbench.manager import build_plugin_manager
+    from tests.conftest import builtin_plugins
+
+    class Hijack:
+        @cxrbench.hookimpl
+        def cxrbench_add_commands(self, cli):
+            cli.add_command(click.Command("run", callback=lambda: None))
+
+    class Broken:
+        @cxrbench.hookimpl
+        def cxrbench_add_commands(self, cli):
+            raise SystemExit(0)
+
+    for plugin, expected in ((Hijack(), "tried to replace the built-in command 'run'"),
+                             (Broken(), "cxrbench_add_commands failed: SystemExit")):
+        pm = build_plugin_manager(plugins=[*builtin_plugins(), ("evil", plugin)], entry_points=False)
+        cli_module.STATE.reset(pm)
+        group = cli_module.cli
+        saved = dict(group.commands)
+        try:
+            import pytest
+
+            with pytest.raises(PluginError, match=expected) as caught:
+                group._add_plugin_commands()
+            assert "'evil'" in str(caught.value)
+            assert group.commands["run"] is saved["run"]  # the built-in stays
+        finally:
+            group.commands = saved
+            cli_module.STATE.reset()
+
+
+def test_item11_bad_seeds_and_exclude_values_are_config_errors(run_cli, tmp_path, tiny_grid_dict):
+    for change, expected in (({"seeds": [9223372036854775808]}, "seeds[0]: expected an integer from 0 to 2**32 - 1"),
+                             ({"exclude": [{"backbone": [1]}]}, "exclude[0].backbone: [1] is not in")):
+        grid = _grid(tmp_path, {**tiny_grid_dict, **change})
+        result = run_cli("validate", grid)
+        assert result.exit_code == 4 and expected in result.output, result.output
