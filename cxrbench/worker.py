@@ -39,6 +39,21 @@ class _CollectingEvents(RunEvents):
         self.inner.warning(cell_id, message)
 
 
+def _run_cell_hook(task: CellTask, reporter: CellReporter) -> tuple[object, str | None]:
+    """The first non-None ``cxrbench_run_cell`` answer and the plugin that gave it.
+
+    Called implementation by implementation in pluggy's own order (``tryfirst`` first, the
+    core's ``trylast`` last), so a malformed answer can be blamed on the plugin that gave it.
+    """
+    hook = current_plugin_manager().hook.cxrbench_run_cell
+    arguments = {"task": task, "reporter": reporter}
+    for impl in reversed(hook.get_hookimpls()):
+        answer = impl.function(**{name: arguments[name] for name in impl.argnames})
+        if answer is not None:
+            return answer, impl.plugin_name
+    return None, None
+
+
 def execute_cell(task: CellTask, events: RunEvents | None = None) -> CellResult:
     """Run one cell; return its result, ``failed`` with the reason when anything raised.
 
@@ -50,12 +65,16 @@ def execute_cell(task: CellTask, events: RunEvents | None = None) -> CellResult:
     reporter = CellReporter(collecting, task.cell.cell_id)
     started = time.time()
     try:
-        outcome = current_plugin_manager().hook.cxrbench_run_cell(task=task, reporter=reporter)
+        outcome, plugin = _run_cell_hook(task, reporter)
         if outcome is None:
             raise CellError("no plugin ran the cell (every cxrbench_run_cell returned None)")
         if not isinstance(outcome, CellResult):
-            raise CellError(f"cxrbench_run_cell returned {type(outcome).__name__}, not a CellResult")
-        outcome.check(task.cell.cell_id)
+            raise CellError(f"plugin {plugin!r}: cxrbench_run_cell returned {type(outcome).__name__}, "
+                            "not a CellResult")
+        try:
+            outcome.check(task.cell.cell_id)
+        except ValueError as exc:
+            raise CellError(f"plugin {plugin!r}: malformed result: {exc}") from None
         result = dataclasses.replace(outcome, warnings=tuple(outcome.warnings) + tuple(collecting.warnings))
     except KeyboardInterrupt:
         raise

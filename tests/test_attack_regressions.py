@@ -159,3 +159,28 @@ def test_item11_bad_seeds_and_exclude_values_are_config_errors(run_cli, tmp_path
         grid = _grid(tmp_path, {**tiny_grid_dict, **change})
         result = run_cli("validate", grid)
         assert result.exit_code == 4 and expected in result.output, result.output
+
+
+def test_item9_a_plugins_malformed_result_fails_its_cell_naming_the_plugin(tmp_path, tiny_grid_dict):
+    import cxrbench
+    from cxrbench.config import parse_grid
+    from cxrbench.driver import run_grid
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+    from tests.conftest import builtin_plugins
+    from tests.plugins import toy
+
+    class Malformed:
+        @cxrbench.hookimpl
+        def cxrbench_run_cell(self, task):
+            return {"metrics": "not a mapping"}
+
+    pm = build_plugin_manager(plugins=[*builtin_plugins(), ("toy", toy), ("malformed", Malformed())],
+                              entry_points=False)
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    grid = parse_grid(tiny_grid_dict, Registry.from_plugin_manager(pm))
+    with ResultsStore(tmp_path) as store:
+        summary = run_grid(grid, pm, store)
+        (cell,) = store.cells(grid.name)
+    assert summary.failed == 1 and cell.status == "failed"  # before: stored as ok, every leaderboard broken
+    assert "plugin 'malformed'" in cell.error and "not a CellResult" in cell.error
