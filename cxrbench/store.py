@@ -91,6 +91,10 @@ class ResultsStore:
         except OSError as exc:
             raise UsageError(f"cannot create results directory {self.root}: {exc.strerror}") from None
         self.db_path = self.root / DB_NAME
+        if self.db_path.is_file() and self.db_path.stat().st_size == 0:
+            # SQLite would silently start a new store in it: results believed saved would be gone
+            raise UsageError(f"{self.db_path}: empty file, not a cxrbench results database "
+                             "(delete it to start a new store)")
         try:
             self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")

@@ -184,3 +184,13 @@ def test_item9_a_plugins_malformed_result_fails_its_cell_naming_the_plugin(tmp_p
         (cell,) = store.cells(grid.name)
     assert summary.failed == 1 and cell.status == "failed"  # before: stored as ok, every leaderboard broken
     assert "plugin 'malformed'" in cell.error and "not a CellResult" in cell.error
+
+
+def test_item10_a_zero_byte_store_is_an_error_not_an_empty_store(tmp_path):
+    import pytest
+
+    from cxrbench.errors import UsageError
+
+    (tmp_path / "cxrbench.sqlite").write_bytes(b"")
+    with pytest.raises(UsageError, match="empty file, not a cxrbench results database"):
+        ResultsStore(tmp_path)
