@@ -39,10 +39,13 @@ class Significance:
 
     def sentence(self) -> str:
         """One sentence (rich markup) saying whether the best cell beats the runner-up."""
-        verdict = "[green]significantly better[/] than" if self.significant else "not significantly different from"
-        return (f"Top cell {self.best} is {verdict} {self.next}: mean AUROC {self.diff:+.4f} "
-                f"({100 * self.level:g}% CI {self.low:.4f} to {self.high:.4f}, paired bootstrap over patients, "
-                f"p = {self.p:.3g})")
+        return _sentence(f"Top cell {self.best}", self.next, "mean AUROC", self)
+
+
+def _sentence(subject: str, other: str, metric: str, test: Significance | LocalizerComparison) -> str:
+    verdict = "[green]significantly better[/] than" if test.significant else "not significantly different from"
+    return (f"{subject} is {verdict} {other}: {metric} {test.diff:+.4f} ({100 * test.level:g}% CI {test.low:.4f} "
+            f"to {test.high:.4f}, paired bootstrap over patients, p = {test.p:.3g})")
 
 
 def significance(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_boot: int = 1000,
@@ -105,10 +108,8 @@ class LocalizerComparison:
         return self.p < 0.05 and self.diff > 0
 
     def sentence(self) -> str:
-        verdict = "[green]significantly better[/] than" if self.significant else "not significantly different from"
-        return (f"On cell {self.cell_id}, localizer {self.best} is {verdict} {self.next}: MaxBoxAccV2 "
-                f"{self.diff:+.4f} ({100 * self.level:g}% CI {self.low:.4f} to {self.high:.4f}, paired bootstrap "
-                f"over patients, p = {self.p:.3g})")
+        """One sentence (rich markup) saying whether the best localizer beats the runner-up."""
+        return _sentence(f"On cell {self.cell_id}, localizer {self.best}", self.next, "MaxBoxAccV2", self)
 
 
 def compare_localizers(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_boot: int = 1000,
