@@ -177,15 +177,19 @@ class FileDataset(Dataset):
                 is false.
 
         """
+        skipped: list[str] = []
         if self._follow_symlinks:
-            found = _walk_following_links(self.root, subdirs, suffixes, by_name=by_name)
+            found = _walk_following_links(self.root, subdirs, suffixes, by_name=by_name, skipped=skipped)
         else:
             try:
-                absolute = scan_files(self.root, subdirs, suffixes, by_name=by_name)
+                absolute = scan_files(self.root, subdirs, suffixes, by_name=by_name, skipped=skipped)
             except UsageError as exc:
                 raise UsageError(f"{self.NAME}: {exc}; set follow_symlinks: true to follow such links") from None
             cut = len(os.path.join(self.root, ""))  # scan_files returns real paths, all under the root
             found = {key: path[cut:] for key, path in absolute.items()}
+        if skipped:
+            self.context.warn(f"{self.NAME}: skipped {len(skipped)} entries under {self.root} that are not regular "
+                              f"files (e.g. {skipped[0]}): FIFOs, sockets and devices are never read")
         self._checked.update(found.values())
         return found
 
@@ -286,7 +290,8 @@ class FileDataset(Dataset):
 
 
 def _walk_following_links(
-    root: Path, subdirs: Iterable[str], suffixes: Iterable[str] | None, *, by_name: bool
+    root: Path, subdirs: Iterable[str], suffixes: Iterable[str] | None, *, by_name: bool,
+    skipped: list[str] | None = None,
 ) -> dict[str, str]:
     """:func:`cxrbench.imageio.scan_files`, following links wherever they lead.
 
@@ -320,7 +325,11 @@ def _walk_following_links(
                     stack.append((prefix + entry.name + "/", real))
                     continue
                 name = entry.name
-                if (ends is not None and not name.lower().endswith(ends)) or (linked and not os.path.isfile(real)):
+                if ends is not None and not name.lower().endswith(ends):
+                    continue
+                if not (os.path.isfile(real) if linked else entry.is_file(follow_symlinks=False)):
+                    if skipped is not None:
+                        skipped.append(prefix + name)
                     continue
                 found.setdefault(name if by_name else prefix + name, relative(real, prefix + name))
     return found

@@ -146,8 +146,9 @@ def scan_files(
     suffixes: Iterable[str] | None = None,
     *,
     by_name: bool = False,
+    skipped: list[str] | None = None,
 ) -> dict[str, str]:
-    """Every file under ``root/subdir`` (recursively), found in one directory walk.
+    """Every regular file under ``root/subdir`` (recursively), found in one directory walk.
 
     Symbolic links are checked with :func:`safe_join`: a link (file or folder) that
     resolves outside ``root`` is refused, one inside it is followed once.
@@ -159,6 +160,8 @@ def scan_files(
             (e.g. ``(".png",)``); None keeps every file.
         by_name: key the result by file name alone (the first file found of each
             name wins), for datasets whose tables name files without folders.
+        skipped: when given, receives the paths of entries that are not regular files
+            (FIFOs, sockets, devices: reading one could block forever).
 
     Returns:
         ``{path relative to root with "/" separators (or file name): absolute path}``.
@@ -195,6 +198,10 @@ def scan_files(
                     path = str(target)
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append((prefix + entry.name + "/", entry.path))
+                    continue
+                elif not entry.is_file(follow_symlinks=False):
+                    if skipped is not None:
+                        skipped.append(prefix + entry.name)
                     continue
                 else:
                     path = entry.path

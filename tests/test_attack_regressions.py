@@ -194,3 +194,29 @@ def test_item10_a_zero_byte_store_is_an_error_not_an_empty_store(tmp_path):
     (tmp_path / "cxrbench.sqlite").write_bytes(b"")
     with pytest.raises(UsageError, match="empty file, not a cxrbench results database"):
         ResultsStore(tmp_path)
+
+
+def test_item7_a_fifo_named_like_an_image_is_skipped_with_a_warning_not_read(tmp_path):
+    import os
+    import threading
+
+    import pytest
+
+    from tests.test_filedataset import PairsDataset, load, pairs_root
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    for follow in (False, True):
+        root = pairs_root(tmp_path / f"pairs{follow}", absent=("images/e.png",))
+        os.mkfifo(root / "images" / "e.png")  # before: opening it blocked dry-run, prepare and run forever
+        dataset, warnings = load(PairsDataset, root, follow_symlinks=follow)
+        done = threading.Event()
+
+        def build(dataset=dataset, done=done):
+            dataset.split("test")
+            done.set()
+
+        threading.Thread(target=build, daemon=True).start()
+        assert done.wait(20), "building the splits blocked on the FIFO"
+        assert dataset.split("test").ids == ["images/f.png"]  # the FIFO is not an image of the split
+        assert any("not regular files" in w and "e.png" in w for w in warnings), warnings
