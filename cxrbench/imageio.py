@@ -85,6 +85,11 @@ def to_grey_uint8(image: np.ndarray, source: str | os.PathLike[str] = "<array>")
     raise ImageReadError(f"cannot read image {source}: unsupported pixel type {image.dtype}")
 
 
+MAX_IMAGE_PIXELS = 100_000_000
+"""Images above this many pixels (10,000 x 10,000) are refused by name before decoding: a
+crafted 860 KB PNG can claim 30,000 x 30,000 pixels and take gigabytes to decode."""
+
+
 def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file into a 2-D ``uint8`` grey array.
 
@@ -98,13 +103,18 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
         ``H x W`` uint8 array (see :func:`to_grey_uint8` for the conversion).
 
     Raises:
-        ImageReadError: naming the file when it is missing, empty or undecodable.
+        ImageReadError: naming the file when it is missing, empty, undecodable, or
+            larger than :data:`MAX_IMAGE_PIXELS` (checked on the header, before decoding).
 
     """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    claimed = _png_header_size(data[:24].tobytes())
+    if claimed is not None and claimed[0] * claimed[1] > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"cannot read image {path}: {claimed[1]} x {claimed[0]} pixels is above the limit of "
+                             f"{MAX_IMAGE_PIXELS:,} (a chest X-ray is at most a few thousand pixels a side)")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise ImageReadError(f"cannot read image {path}: not a decodable image ({data.size} bytes)")

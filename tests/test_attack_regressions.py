@@ -220,3 +220,22 @@ def test_item7_a_fifo_named_like_an_image_is_skipped_with_a_warning_not_read(tmp
         assert done.wait(20), "building the splits blocked on the FIFO"
         assert dataset.split("test").ids == ["images/f.png"]  # the FIFO is not an image of the split
         assert any("not regular files" in w and "e.png" in w for w in warnings), warnings
+
+
+def test_item14_an_image_claiming_too_many_pixels_is_refused_by_name_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    import pytest
+
+    from cxrbench.imageio import ImageReadError, read_grey
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 0, 0, 0, 0)  # claims 200000 x 200000 grey pixels
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IEND", b""))
+    with pytest.raises(ImageReadError, match=r"huge\.png: 200000 x 200000 pixels is above the limit"):
+        read_grey(path)
