@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from . import __version__, hookimpl
 from .artifacts import CellArtifacts
-from .errors import CellError, ConfigError, CxrbenchError, PluginError, UsageError
+from .errors import CellError, ConfigError, CxrbenchError, PluginError, UsageError, one_line
 from .events import NULL_EVENTS, CellReporter, Event, Progress, QueueEvents, RunEvents
 from .filedataset import FileDataset, FileLayout, LoadedSplits
-from .imageio import image_size, read_grey, scan_files
+from .imageio import image_size, read_grey, safe_join, scan_files
 from .interfaces import (
     BOX_COLUMNS,
     Backbone,
@@ -27,6 +27,7 @@ from .interfaces import (
     Split,
     empty_boxes,
 )
+from .masks import MaskDecodeError, MaskRef, boxes_from_masks, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from .options import NoOptions, options_to_dict
 from .pipeline import failed_result
 from .records import CellAxes, CellResult, Environment, LocalizerResult, Provenance
@@ -62,6 +63,8 @@ __all__ = [
     "Localizer",
     "LocalizerResult",
     "LocalizerTask",
+    "MaskDecodeError",
+    "MaskRef",
     "NoOptions",
     "PluginError",
     "PoolingHead",
@@ -73,13 +76,19 @@ __all__ = [
     "TuningPopulation",
     "UsageError",
     "__version__",
+    "boxes_from_masks",
+    "decode_coco_rle",
+    "encode_coco_rle",
     "empty_boxes",
     "execute_cell",
     "failed_result",
     "hookimpl",
     "image_size",
+    "one_line",
     "options_to_dict",
     "patient_split",
+    "polygons_to_mask",
     "read_grey",
+    "safe_join",
     "scan_files",
 ]

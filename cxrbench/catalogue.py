@@ -84,6 +84,7 @@ class MetricSpec:
 WANG = "Wang et al., CVPR 2017 (ChestX-ray8), section 4.2"
 SEED = "the seed project (cxrbench's predecessor)"
 CHOE = "Choe et al., CVPR 2020 (wsolevaluation)"
+SAPORTA = "Saporta et al., Nat. Mach. Intell. 2022 (cheXlocalize: eval.py, heatmap_to_segmentation.py)"
 
 METRICS: tuple[MetricSpec, ...] = (
     # ------------------------------------------------------------------ classification
@@ -154,6 +155,26 @@ METRICS: tuple[MetricSpec, ...] = (
                "localization", higher_is_better=False, digits=0, split="boxes", compact=True),
     MetricSpec("heatmap_value_in_box_mean", "in-box", "mean heatmap value inside the true boxes", "localization",
                split="boxes", in_table=False),
+    MetricSpec("mask_miou", "mIoU", "masks: mean over classes of the mean IoU of the binarised map (resized to "
+               "the mask) with the mask; pairs per localization.masks.true_pos_only", "localization",
+               per_class=True, split="boxes", compact=True, ci=("mask_miou_ci_low", "mask_miou_ci_high"),
+               source=SAPORTA),
+    MetricSpec("mask_hit_rate", "Hit(mask)", "masks: per class the fraction of annotated positives whose map peak "
+               "(first maximum at the mask's size) is within hit_tolerance pixels of the mask, mean over classes",
+               "localization", per_class=True, split="boxes", ci=("mask_hit_rate_ci_low", "mask_hit_rate_ci_high"),
+               source=SAPORTA),
+    MetricSpec("mask_pxap", "PxAP(mask)", "masks: pixel average precision of the maps against the masks at the "
+               "masks' size, 256 levels, positives' pixels pooled per class, mean over classes", "localization",
+               per_class=True, split="boxes", in_table=False, source=CHOE),
+    *(MetricSpec(f"{key}_ci_{bound}", f"{label} CI {bound}", f"{bound} bound of the {label} interval "
+                 "(patient-level percentile bootstrap)", "localization", split="boxes", in_table=False)
+      for key, label in (("mask_miou", "mIoU"), ("mask_hit_rate", "Hit(mask)")) for bound in ("low", "high")),
+    MetricSpec("mask_pairs", "mask pairs", "annotated (image, class) pairs with a defined IoU (the mIoU's pairs)",
+               "count", digits=0, in_table=False),
+    MetricSpec("mask_positive_pairs", "mask positives", "annotated pairs whose mask is non-empty (the hit "
+               "rate's pairs)", "count", digits=0, in_table=False),
+    MetricSpec("mask_images", "mask images", "images with masks that were scored", "count", digits=0,
+               in_table=False),
     MetricSpec("n_pairs", "pairs", "number of (image, class) pairs with a true box that were scored", "count",
                per_class=True, split="boxes", digits=0, in_table=False),
     MetricSpec("loc_images", "images", "boxed images scored", "count", digits=0, in_table=False),

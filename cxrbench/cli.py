@@ -324,6 +324,101 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         click.echo(text, nl=not text.endswith("\n"))
 
 
+def _yaml_option(text: str, option: str) -> Any:
+    """A command-line value written as YAML (a name, or a mapping such as ``{policy: otsu}``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{option}: not valid YAML ({one_line(str(exc))[:120]})") from None
+
+
+@cli.command()
+@results_option
+@click.option("--dataset", "dataset_text", required=True, metavar="YAML",
+              help="The dataset, as a grid's datasets entry: a name, or e.g. "
+                   "'{name: chexlocalize, options: {root: data/chexlocalize}}'.")
+@click.option("--maps", "maps_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The maps file (.npz: maps N x K x H x W in [0, 1], ids, classes, optional probs; README, "
+                   "'Scoring maps made elsewhere').")
+@click.option("--name", required=True, help="The row's name on the leaderboard, e.g. my-gradcam.")
+@click.option("--threshold", "threshold_text", default="{policy: otsu}", show_default=True, metavar="YAML",
+              help="How a map becomes boxes and masks, as a grid's localization.threshold: "
+                   "'{policy: otsu}', '{policy: fraction, fraction: 0.5}' or '{policy: seed}'.")
+@click.option("--split", default="boxes", show_default=True, help="The split the maps are of.")
+@click.option("--grid", "grid_name", default="scored", show_default=True,
+              help="File the row under this grid (a run grid's name puts it next to that grid's cells).")
+@click.option("--hit-tolerance", type=float, default=15.0, show_default=True,
+              help="Pointing-game tolerance in original image pixels (0 = cheXlocalize's hit rate).")
+@click.option("--true-pos-only/--all-pairs", default=True, show_default=True,
+              help="mIoU over true positives only (cheXlocalize's default), or over every annotated pair.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(0, 100_000), default=1000, show_default=True,
+              help="Bootstrap replicates of the intervals (patients resampled).")
+@click.option("--ci", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True,
+              help="Interval level.")
+@click.option("--tune-maps", "tune_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Maps of the tuning split (same format): per-class mask thresholds are tuned on its masks.")
+@click.option("--tune-split", default="val", show_default=True, help="The split of --tune-maps.")
+@click.option("--gate", is_flag=True, help="Probability gating with cut-offs tuned on --tune-maps (needs probs).")
+def score(results_dir: Path, dataset_text: str, maps_path: Path, name: str, threshold_text: str, split: str,
+          grid_name: str, hit_tolerance: float, true_pos_only: bool, n_boot: int, ci: float, tune_path: Path | None,
+          tune_split: str, gate: bool) -> None:
+    """Score heatmaps made elsewhere against a dataset's boxes and masks, without a model.
+
+    Computes what a grid cell's localizer row has (boxes: IoU, hit rate, MaxBoxAccV2, PxAP;
+    masks: mIoU, hit rate, PxAP; intervals) and stores it as its own row, shown by
+    'cxrbench leaderboard'. Example:
+
+    \b
+      cxrbench score --name my-gradcam --maps gradcam_test.npz
+        --dataset '{name: chexlocalize, options: {root: data/chexlocalize}}'
+    """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
+    import time as _time
+
+    from .pipeline import open_dataset
+    from .registry import parse_threshold
+    from .scoremaps import ScoreRequest, load_maps_file, score_file, scored_result
+    from .store import ResultsStore
+
+    started = _time.time()
+    dataset_entry = _yaml_option(dataset_text, "--dataset")
+    spec = STATE.registry.create("dataset", dataset_entry, "--dataset")
+    threshold = parse_threshold(_yaml_option(threshold_text, "--threshold"), "--threshold")
+    if not name.strip():
+        raise UsageError("--name: give the row a name, e.g. my-gradcam")
+    request = ScoreRequest(name=name.strip(), dataset_entry={"name": spec.name, "options": spec.options_dict()},
+                           split=split, threshold=threshold, hit_tolerance=hit_tolerance,
+                           true_pos_only=true_pos_only, n_boot=n_boot, ci=ci, tune_split=tune_split, gate=gate)
+    if not maps_path.is_file():
+        raise UsageError(f"--maps: {maps_path} does not exist")
+    maps_file = load_maps_file(maps_path)
+    tune_file = load_maps_file(tune_path) if tune_path is not None else None
+    dataset = open_dataset(spec, warn=_warn)
+    with console.status(f"scoring {maps_file.maps.shape[0]} images x {maps_file.maps.shape[1]} classes"):
+        metrics, settings = score_file(request, dataset, maps_file, tune_file)
+    if tune_file is not None:
+        settings["tune_sha256"] = tune_file.sha256
+    result = scored_result(request, spec, grid_name, metrics, settings, started)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with ResultsStore(results_dir) as store:
+        if grid_name not in store.grids():
+            members = [c.cell_id for c in store.cells(grid_name)]
+            store.register_grid(grid_name, {"name": grid_name, "kind": "scored maps"}, members)
+        store.write_result(grid_name, result)
+        rows = reporting_rows(store, grid_name)
+    from .reporting import render_tables
+
+    render_tables(console, rows, grid_name)
+    console.print(f"stored as cell {result.cell_id} in grid '{grid_name}' of {results_dir}", highlight=False)
+
+
+def reporting_rows(store: Any, grid_name: str) -> Any:
+    from .reporting import add_plugin_columns, rows_from_cells
+
+    return add_plugin_columns(rows_from_cells(store.cells(grid_name)), STATE.pm)
+
+
 @cli.command()
 @results_option
 @click.option("--grid", "grid_name", required=True, help="The grid to report on.")

@@ -164,6 +164,58 @@ class EvaluationSpec:
             raise ValueError("ci must be between 0 and 1")
 
 
+CHEXLOCALIZE_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+"""cheXlocalize's heatmap thresholds (``tune_heatmap_threshold.py``: ``np.arange(0.2, .8, .1)``)."""
+CHEXLOCALIZE_CUTOFFS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+"""cheXlocalize's probability cut-offs (``tune_probability_threshold.py``: ``np.arange(0, .9, .1)``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """How maps are scored against pixel masks (``localization.masks``), where the split has them.
+
+    The definitions follow cheXlocalize (Saporta et al. 2022); see docs/metrics.md, "Masks".
+
+    Attributes:
+        threshold: how a map (resized to the mask's size, min-max normalised) becomes a
+            mask: ``{policy: otsu}`` (cheXlocalize's default), ``{policy: fraction,
+            fraction: 0.5}`` (foreground where the map is above the fraction) or ``{policy:
+            seed, ...}``, as ``localization.threshold``.
+        tune: choose each class's fraction on the tuning part's masks (the ``val`` masks
+            when the dataset has them), from ``tune_grid``, maximising mIoU over true
+            positives (cheXlocalize's ``tune_heatmap_threshold.py``); replaces ``threshold``.
+        tune_grid: candidate fractions for ``tune``.
+        gate: probability gating (cheXlocalize's ``tune_probability_threshold.py``): a map
+            is kept only when the model's probability of the class is above a per-class
+            cut-off chosen on the tuning part (from ``gate_grid``, maximising mIoU over all
+            annotated pairs); below it the predicted mask is empty.
+        gate_grid: candidate cut-offs for ``gate``.
+        true_pos_only: mIoU over the pairs where both the predicted and the true mask are
+            non-empty (cheXlocalize's default); False also counts a non-empty map on an
+            image without the finding (IoU 0) and an empty map on one with it.
+
+    """
+
+    threshold: dict | None = None
+    tune: bool = False
+    tune_grid: tuple[float, ...] = CHEXLOCALIZE_FRACTIONS
+    gate: bool = False
+    gate_grid: tuple[float, ...] = CHEXLOCALIZE_CUTOFFS
+    true_pos_only: bool = True
+
+    def validate(self) -> None:
+        for name, grid, low, high in (("tune_grid", self.tune_grid, 0.0, 1.0), ("gate_grid", self.gate_grid, 0.0, 1.0)):
+            if not grid:
+                raise ValueError(f"{name} must list at least one value")
+            if any(not (low <= float(v) < high) for v in grid):
+                raise ValueError(f"{name} values must be in [{low:g}, {high:g}), got {list(grid)}")
+
+    @property
+    def policy(self) -> dict:
+        """The binarisation as a validated threshold mapping (``{policy: otsu}`` by default)."""
+        return dict(self.threshold) if self.threshold else {"policy": "otsu"}
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalizationSpec:
     """Localization evaluation settings (the ``localization:`` block).
@@ -189,6 +241,8 @@ class LocalizationSpec:
         save_maps: write each localizer's scored maps to ``cells/<cell>/maps/<key>.npz``.
         max_images: score at most this many boxed images (None = all).
         save_overlays: PNG overlays saved per localizer for this many boxed images.
+        masks: mask scoring settings (:class:`MaskSpec`), used where the scored split has
+            pixel masks (e.g. ``chexlocalize``); ignored otherwise.
 
     """
 
@@ -202,6 +256,11 @@ class LocalizationSpec:
     max_images: int | None = None
     save_overlays: int = 0
     save_maps: bool = False
+    masks: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.masks, MaskSpec):
+            object.__setattr__(self, "masks", parse_mask_spec(self.masks, "localization.masks"))
 
     def validate(self) -> None:
         if not self.split:
@@ -403,6 +462,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
         localization = dataclasses.replace(
             localization, threshold=parse_threshold(localization.threshold, "localization.threshold")
         )
+    localization = dataclasses.replace(localization, masks=parse_mask_spec(localization.masks, "localization.masks"))
 
     executor_raw = raw.get("executor", "local")
     executor = registry.create("executor", executor_raw, "executor")
@@ -443,6 +503,16 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
         exclude=tuple(exclude),
         source=source,
     )
+
+
+def parse_mask_spec(raw: Any, path: str) -> MaskSpec:
+    """A validated ``localization.masks`` block (all defaults when absent)."""
+    if isinstance(raw, MaskSpec):
+        return raw
+    spec = parse_options(MaskSpec, raw, path, "localization.masks")
+    if spec.threshold is not None:
+        spec = dataclasses.replace(spec, threshold=parse_threshold(spec.threshold, join_key(path, "threshold")))
+    return spec
 
 
 def load_grid(path: str | Path, registry: Registry) -> GridSpec:

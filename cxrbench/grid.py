@@ -63,10 +63,24 @@ SCORING_KEYS = ("split", "tune", "tune_fraction", "tune_seed", "hit_tolerance", 
 """The ``localization:`` settings that change a localizer's numbers (and so its key)."""
 
 
+def _default_masks() -> dict[str, Any]:
+    from .config import MaskSpec
+
+    return options_to_dict(MaskSpec())
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like form for comparing settings (tuples and lists alike)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def localizer_key(spec: ComponentSpec, default_threshold: dict | None,
                   localization: dict[str, Any] | None = None) -> str:
     """Stable key of a localizer choice: name + options + effective threshold + scoring settings."""
     scoring = {k: (localization or {}).get(k) for k in SCORING_KEYS} if localization is not None else None
+    masks = (localization or {}).get("masks")
+    if scoring is not None and masks is not None and _plain(masks) != _plain(_default_masks()):
+        scoring["masks"] = masks  # only when set: the keys of stores from before masks stay valid
     payload: dict[str, Any] = {"localizer": spec.key(), "threshold": spec.threshold or default_threshold}
     if scoring is not None:
         payload.update(scoring=scoring, protocol=LOCALIZATION_PROTOCOL)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,6 +88,14 @@ class Split:
             returns it). Empty for splits without boxes.
         image_sizes: optional ``N x 2`` int array of (height, width) of each image as
             ``read_image`` returns it, when known without decoding. Used to scale boxes.
+        masks: pixel ground truth, ``{(row, class_index): MaskRef}`` (:mod:`cxrbench.masks`,
+            kept encoded and decoded one at a time). A key means the pair was annotated: an
+            empty mask is a known negative (CheXlocalize stores one for every absent
+            finding), a missing key is unknown. Masks are in their own pixel space
+            (``MaskRef.size``, normally the image's); mask metrics resize each map to it.
+            When ``boxes`` is empty, the boxes of the masks' connected regions become the
+            split's boxes (``boxes_from_masks`` is then True), so every box metric also
+            runs on a masks-only dataset.
 
     """
 
@@ -96,19 +104,23 @@ class Split:
     labels: np.ndarray
     boxes: pd.DataFrame = dataclasses.field(default_factory=empty_boxes)
     image_sizes: np.ndarray | None = None
+    masks: Mapping[tuple[int, int], Any] = dataclasses.field(default_factory=dict)
+    boxes_from_masks: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: np.ndarray) -> Split:
-        """The records of ``rows`` (in that order), boxes re-indexed to the new rows."""
+        """The records of ``rows`` (in that order), boxes and masks re-indexed to the new rows."""
         rows = np.asarray(rows, dtype=np.int64)
         new_index = {int(r): i for i, r in enumerate(rows)}
         boxes = self.boxes[self.boxes["index"].isin(new_index)].copy()
         boxes["index"] = boxes["index"].map(new_index).astype("int64")
+        masks = {(new_index[r], c): ref for (r, c), ref in self.masks.items() if r in new_index}
         return Split(ids=[self.ids[r] for r in rows], patient_ids=[self.patient_ids[r] for r in rows],
                      labels=self.labels[rows], boxes=boxes.reset_index(drop=True),
-                     image_sizes=self.image_sizes[rows] if self.image_sizes is not None else None)
+                     image_sizes=self.image_sizes[rows] if self.image_sizes is not None else None,
+                     masks=masks, boxes_from_masks=self.boxes_from_masks)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -116,6 +128,24 @@ class Split:
             raise ValueError(
                 f"split has {n} ids, {len(self.patient_ids)} patient ids, {self.labels.shape[0]} label rows"
             )
+        if self.masks:
+            k = self.labels.shape[1] if self.labels.ndim == 2 else 0
+            bad = [key for key in self.masks if not (0 <= key[0] < n and 0 <= key[1] < k)]
+            if bad:
+                raise ValueError(f"split masks: key {bad[0]} is outside the split's {n} rows x {k} classes")
+            if self.boxes.empty:
+                from .masks import boxes_from_masks
+
+                self.boxes = boxes_from_masks(self.masks, self.image_sizes)
+                self.boxes_from_masks = True
+
+    @property
+    def mask_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, classes)`` of the annotated pairs, sorted by row then class."""
+        if not self.masks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys = np.array(sorted(self.masks), dtype=np.int64).reshape(-1, 2)
+        return keys[:, 0], keys[:, 1]
 
 
 @dataclasses.dataclass
@@ -146,6 +176,9 @@ class Dataset(Component, abc.ABC):
     classes: list[str]
     native_size: int | None = None
     """Preferred square model input size, when the data has one (e.g. the phantom)."""
+    class_aliases: dict[str, str] = {}
+    """Other spellings of class names -> the dataset's name (e.g. CheXlocalize's "Airspace
+    Opacity" -> "Lung Opacity"), accepted where users name classes (``cxrbench score``)."""
 
     def __init__(self, options: Any, context: DatasetContext) -> None:
         self.options = options

@@ -30,6 +30,7 @@ from .locmetrics.maxboxacc import maxboxacc, maxboxacc_v2
 from .locmetrics.peaks import map_peaks
 from .locmetrics.pointing import pointing_game
 from .locmetrics.pxap import pxap
+from .maskscoring import MaskColumns, MaskSink, score_masks, tune_masks
 from .options import options_to_dict, parse_options
 
 
@@ -83,24 +84,31 @@ def compute_maps(
     device: torch.device,
     max_images: int | None = None,
     keep_all: bool = False,
+    mask_sink: MaskSink | None = None,
 ) -> LocalizationRun:
     """Run ``localizer`` over the boxed images of ``data`` for every boxed class at once.
 
     With ``keep_all`` the maps of every boxed class of every image are kept too (float16),
-    for ``localization.save_maps``.
+    for ``localization.save_maps``. With ``mask_sink`` the images with masks are explained
+    too (every annotated class, in the same localizer call) and each annotated pair's map
+    is handed to the sink, which counts it against its mask at the mask's resolution and
+    keeps only the counts (memory stays at one full-size mask).
     """
     rows, classes, true = boxed_pairs(data, max_images)
     size = data.size
-    if len(rows) == 0:
+    mask_rows, mask_classes = _mask_pairs(data, max_images) if mask_sink is not None else (rows[:0], classes[:0])
+    if len(rows) == 0 and len(mask_rows) == 0:
         return LocalizationRun(np.zeros((0, size, size), np.float32), rows, classes, true,
                                np.zeros((0, 2)), float("nan"), 0)
-    image_rows = np.unique(rows)
-    wanted = sorted(set(classes.tolist()))
+    boxed_images = np.unique(rows)
+    image_rows = np.union1d(boxed_images, mask_rows).astype(np.int64)
+    wanted = sorted(set(classes.tolist()) | set(mask_classes.tolist()))
     grid_hw = feature_grid(model, data, device)
     class_pos = {c: i for i, c in enumerate(wanted)}
     maps_out = np.zeros((len(rows), size, size), dtype=np.float32)
     all_maps = np.zeros((len(image_rows), len(wanted), size, size), dtype=np.float16) if keep_all else None
     loader = BatchLoader(data, batch_size, device, indices=image_rows)
+    masks = data.split.masks
     elapsed = 0.0
     was_training = model.training
     model.eval()
@@ -117,13 +125,18 @@ def compute_maps(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed += time.perf_counter() - t0
-            selected = renormalise(maps[local_n, local_k].float())  # pairs x S x S, still on the device
-            maps_out[pair_idx] = selected.cpu().numpy()
+            if len(pair_idx):
+                selected = renormalise(maps[local_n, local_k].float())  # pairs x S x S, still on the device
+                maps_out[pair_idx] = selected.cpu().numpy()
             if all_maps is not None:
                 at = np.searchsorted(image_rows, batch_rows)
                 all_maps[at] = renormalise(maps.float()).cpu().numpy().astype(np.float16)
+            if mask_sink is not None:
+                _send_masks(mask_sink, model, x, maps, batch_rows, mask_rows, mask_classes, class_pos, masks, device)
     finally:
         model.train(was_training)
+        if mask_sink is not None:
+            mask_sink.flush()
     ms = 1000.0 * elapsed / max(len(image_rows), 1)
     found = map_peaks(maps_out, grid_hw)
     sizes = np.asarray(data.source_sizes, dtype=np.float64)[rows]  # (height, width) of each pair's image
@@ -133,12 +146,45 @@ def compute_maps(
                            all_maps, image_rows, tuple(wanted))
 
 
+def _mask_pairs(data: PreparedSplit, max_images: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The annotated (row, class) pairs of ``data``, on its first ``max_images`` annotated images."""
+    rows, classes = data.split.mask_pairs
+    if max_images is not None and len(rows):
+        keep = np.isin(rows, np.unique(rows)[:max_images])
+        rows, classes = rows[keep], classes[keep]
+    return rows, classes
+
+
+def _send_masks(sink: MaskSink, model: Classifier, x: torch.Tensor, maps: torch.Tensor, batch_rows: np.ndarray,
+                mask_rows: np.ndarray, mask_classes: np.ndarray, class_pos: dict[int, int], masks: Any,
+                device: torch.device) -> None:
+    """Hand one batch's annotated maps (and, for gating, the model's probabilities) to the sink."""
+    here = np.flatnonzero(np.isin(mask_rows, batch_rows))
+    if not len(here):
+        return
+    local_n = np.searchsorted(batch_rows, mask_rows[here])
+    local_k = np.array([class_pos[int(c)] for c in mask_classes[here]], dtype=np.int64)
+    # Maps go to the host as they are: the sink resizes each one to its mask and normalises
+    # it there (min-max after resizing, as cheXlocalize), so nothing is normalised twice.
+    chosen = maps[torch.as_tensor(local_n, device=device), torch.as_tensor(local_k, device=device)]
+    host_maps = chosen.float().cpu().numpy()
+    probs = None
+    if sink.wants_probabilities:
+        with torch.no_grad():
+            logits = model(x).float()
+        probs = torch.sigmoid(logits).cpu().numpy()[local_n, mask_classes[here]]
+    refs = [masks[(int(r), int(c))] for r, c in zip(mask_rows[here], mask_classes[here], strict=True)]
+    sink.submit(mask_rows[here], mask_classes[here], host_maps, refs, probs)
+
+
 def save_maps(path: Path, run: LocalizationRun, data: PreparedSplit, class_names: list[str]) -> None:
     """Write a run's maps in the documented ``.npz`` format (README, "Saved maps").
 
-    Arrays: ``maps`` (N x K x S x S float16, the normalised maps that were scored), ``ids``
-    (N), ``classes`` (K), and the scored boxes in the same S x S pixel space: ``box_index``
-    (M, row into ``ids``), ``box_class`` (M, index into ``classes``), ``box_xywh`` (M x 4).
+    Arrays: ``maps`` (N x K x S x S float16, the normalised maps that were scored: every
+    image with a box or a mask, every class with one), ``ids`` (N), ``classes`` (K), and
+    the scored boxes in the same S x S pixel space: ``box_index`` (M, row into ``ids``),
+    ``box_class`` (M, index into ``classes``), ``box_xywh`` (M x 4). ``cxrbench score``
+    reads the same file.
     """
     from .artifacts import save_npz_atomic
 
@@ -293,6 +339,8 @@ def evaluate(
     ci: float = 0.95,
     maps_path: Path | None = None,
     pair_scores_path: Path | None = None,
+    masks: Any = None,
+    mask_tune_on: PreparedSplit | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Localization metrics of one localizer and the settings that produced them.
 
@@ -317,6 +365,10 @@ def evaluate(
         maps_path: where to save the scored maps (None = not saved).
         pair_scores_path: where to save the per-pair scores (best IoU, hit, MaxBoxAccV2
             correctness) used by paired comparisons of localizers.
+        masks: the ``localization.masks`` settings; where ``boxed`` has masks, the mask
+            metrics (:mod:`cxrbench.maskscoring`) are computed in the same localizer pass.
+        mask_tune_on: the part whose masks tune the per-class thresholds / cut-offs (needed
+            when ``masks.tune`` or ``masks.gate``).
 
     Returns:
         (metrics, settings): settings holds the policy actually used and how it was chosen.
@@ -325,8 +377,24 @@ def evaluate(
     settings: dict[str, Any] = {"policy": options_to_dict(policy), "tuned": False}
     if tune_on is not None and tune_on.boxes.empty:
         raise ValueError(f"localization.tune: split '{tune_on.name}' has no boxes to tune on")
+    scored_masks = masks is not None and bool(boxed.split.masks)
+    columns = MaskColumns.of(masks) if scored_masks else None
+    mask_tuning = None
+    if scored_masks and (masks.tune or masks.gate):
+        if mask_tune_on is None or not mask_tune_on.split.masks:
+            where = f"'{mask_tune_on.name}'" if mask_tune_on is not None else "the tuning part"
+            raise ValueError(f"localization.masks: tune/gate need masks to tune on, and {where} has none")
+        val_sink = MaskSink(len(class_names), columns, probabilities=masks.gate)
+        val_run = compute_maps(model, localizer, mask_tune_on, batch_size=batch_size, device=device,
+                               mask_sink=val_sink)
+        mask_tuning = tune_masks(val_sink.counts(), columns, masks, len(class_names), mask_tune_on.name)
+        if tune_on is not mask_tune_on:
+            val_run = None
+    else:
+        val_run = None
     if tune_on is not None:
-        val_run = compute_maps(model, localizer, tune_on, batch_size=batch_size, device=device)
+        if val_run is None:
+            val_run = compute_maps(model, localizer, tune_on, batch_size=batch_size, device=device)
         policy, table = tune_policy(
             [val_run.maps[i] for i in range(len(val_run.pair_rows))],
             val_run.true_boxes,
@@ -335,10 +403,18 @@ def evaluate(
         )
         settings = {"policy": options_to_dict(policy), "tuned": True, "tuned_on": tune_on.name,
                     "tuning": table if isinstance(table, (list, dict)) else str(table)}
+    sink = MaskSink(len(class_names), columns, probabilities=masks.gate) if scored_masks else None
     run = compute_maps(model, localizer, boxed, batch_size=batch_size, device=device, max_images=max_images,
-                       keep_all=maps_path is not None)
+                       keep_all=maps_path is not None, mask_sink=sink)
     metrics, extra = score(run, policy, class_names, hit_tolerance, box_thresholds=box_thresholds, n_boot=n_boot,
                            boot_seed=boot_seed, ci=ci)
+    if sink is not None:
+        mask_metrics, mask_settings = score_masks(
+            sink.counts(), class_names, masks, columns, patients=np.asarray(boxed.split.patient_ids, dtype=str),
+            hit_tolerance=hit_tolerance, tuning=mask_tuning, n_boot=n_boot, boot_seed=boot_seed, ci=ci)
+        metrics.update(mask_metrics)
+        settings["masks"] = mask_settings
+        settings["boxes_from_masks"] = bool(boxed.split.boxes_from_masks)
     pair_scores = extra.pop("_pair_scores", None)
     settings.update(extra)
     if pair_scores_path is not None and pair_scores is not None:

@@ -146,12 +146,13 @@ class _CellRun:
         from .tuning import TuningPopulation, ids_digest, partition_rows, tuning_ids
 
         spec = self.task.localization
+        wants_part = spec.tune or _tunes_masks(spec)
         boxed = self.split(split_name)
         val_has_boxes = self.has_split("val") and not self.dataset.split("val").boxes.empty
         if val_has_boxes:
-            return boxed, self.split("val") if spec.tune else None, {"scored_split": split_name, "tune_split": "val"}
+            return boxed, self.split("val") if wants_part else None, {"scored_split": split_name, "tune_split": "val"}
         if spec.tune_fraction == 0:
-            if spec.tune:
+            if wants_part:
                 raise ValueError(f"localization.tune: dataset '{self.task.cell.dataset.name}' has no val boxes and "
                                  "tune_fraction is 0: no boxes to tune on")
             return boxed, None, {"scored_split": split_name}
@@ -164,7 +165,7 @@ class _CellRun:
                     "tune_ids_digest": ids_digest(held_out), "tune_images": int(len(tune_rows)),
                     "scored_images": int(len(scored_rows))}
         tune_on = None
-        if spec.tune:
+        if wants_part:
             if not len(tune_rows):
                 raise ValueError(f"localization.tune: no image of the held-out part of '{split_name}' is present")
             tune_on = boxed.subset(tune_rows, f"{split_name}:tune")
@@ -188,10 +189,11 @@ class _CellRun:
             metrics, settings = evaluate(
                 model, localizer, boxed, self.classes, policy, batch_size=self.eval_batch, device=self.device,
                 hit_tolerance=spec.hit_tolerance, max_images=spec.max_images,
-                tune_on=tune_on, overlay_dir=overlay_dir, overlays=spec.save_overlays,
+                tune_on=tune_on if spec.tune else None, overlay_dir=overlay_dir, overlays=spec.save_overlays,
                 box_thresholds=spec.box_thresholds, n_boot=evaluation.bootstrap, boot_seed=evaluation.bootstrap_seed,
                 ci=evaluation.ci, maps_path=self.artifacts.maps(lt.key) if spec.save_maps else None,
                 pair_scores_path=self.artifacts.pair_scores(lt.key),
+                masks=spec.masks, mask_tune_on=tune_on if _tunes_masks(spec) else None,
             )
             settings = {**settings, **protocol, "options": options_to_dict(lt.spec.options), "split": spec.split,
                         "hit_tolerance": spec.hit_tolerance, "hit_tolerance_unit": "original image pixels",
@@ -200,6 +202,11 @@ class _CellRun:
         except Exception as exc:  # a broken localizer fails its row, not the cell
             return LocalizerResult.failure(lt.key, lt.spec.name, f"{type(exc).__name__}: {exc}",
                                            traceback.format_exc())
+
+
+def _tunes_masks(spec: Any) -> bool:
+    masks = getattr(spec, "masks", None)
+    return bool(masks is not None and (masks.tune or masks.gate))
 
 
 def run_cell_core(task: CellTask, reporter: CellReporter) -> CellResult:

@@ -184,7 +184,8 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO grids(name, spec, updated_at) VALUES (?, ?, ?)",
                 (name, dumps(spec), time.time()),
             )
-            conn.execute("DELETE FROM grid_cells WHERE grid = ?", (name,))
+            # rows filed under a grid by 'cxrbench score' are not the grid's cells: keep them
+            conn.execute("DELETE FROM grid_cells WHERE grid = ? AND cell_id NOT LIKE 'score-%'", (name,))
             conn.executemany(
                 "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, ?)",
                 [(name, cid, i) for i, cid in enumerate(cell_ids)],

@@ -9,10 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-from cxrbench_chexpert.labels import ALL14
-
-from cxrbench import masks
-from cxrbench.chexlocalize_tables import (
+from cxrbench_chexlocalize.tables import (
     CHEXLOCALIZE_PATHOLOGIES,
     CHEXLOCALIZE_TO_CHEXPERT,
     CHEXPERT_TO_CHEXLOCALIZE,
@@ -26,6 +23,9 @@ from cxrbench.chexlocalize_tables import (
     read_segmentations,
     to_chexpert_name,
 )
+from cxrbench_chexpert.labels import ALL14
+
+from cxrbench import masks
 from cxrbench.errors import UsageError
 from cxrbench.imageio import image_size
 from cxrbench.masks import MaskDecodeError, encode_coco_rle, polygons_to_mask

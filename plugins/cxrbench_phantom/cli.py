@@ -1,4 +1,4 @@
-"""``cxrbench phantom ...``: export the phantom as NIH / CheXpert files, preview it."""
+"""``cxrbench phantom ...``: export the phantom as NIH / CheXpert / CheXlocalize files, preview it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cxrbench.api import UsageError
 
+from .chexlocalize_export import write_chexlocalize_layout
 from .dataset import Options, generator_for
 from .export import write_chexpert_layout, write_nih_layout
 from .preview import contact_sheet, pick_images
@@ -32,23 +33,27 @@ def phantom() -> None:
 
     The phantom dataset needs no files: a grid names it (dataset: phantom) and every
     image is generated on demand from a seed. These commands write it to disk in the
-    layouts of the real datasets, so the NIH and CheXpert loaders can be tried end to
-    end, and draw a contact sheet to look at.
+    layouts of the real datasets, so the NIH, CheXpert and CheXlocalize loaders can be
+    tried end to end, and draw a contact sheet to look at.
 
     \b
     Examples:
       cxrbench phantom preview --out phantom.png
       cxrbench phantom export --layout nih --out data/nih-phantom --num-images 500
       cxrbench phantom export --layout chexpert --out data/chexpert-phantom --uncertain-rate 0.2
+      cxrbench phantom export --layout chexlocalize --out data/chexlocalize-phantom
     """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
 
 
 @phantom.command("export")
 @click.option(
-    "--layout", type=click.Choice(["nih", "chexpert"]), required=True,
+    "--layout", type=click.Choice(["nih", "chexpert", "chexlocalize"]), required=True,
     help="nih: images/*.png, Data_Entry_2017_v2020.csv, BBox_List_2017.csv (boxes in 1024-px "
     "coordinates), train_val_list.txt, test_list.txt. chexpert: CheXpert-v1.0-small/train.csv, "
-    "valid.csv and JPEGs under train/ and valid/.",
+    "valid.csv and JPEGs under train/ and valid/. chexlocalize: CheXpert/{val,test}/ JPEGs and "
+    "{val,test}_labels.csv, CheXlocalize/gt_segmentations_{val,test}.json (COCO RLE lesion masks) "
+    "and gt_annotations_{val,test}.json (their contours), plus CheXpert-v1.0-small/ with the "
+    "training images (the dataset's chexpert_root; its valid/ = the val images).",
 )  # fmt: skip
 @click.option(
     "--out",
@@ -62,7 +67,7 @@ def phantom() -> None:
     "--image-size",
     type=int,
     default=None,
-    help="Side of the written images in pixels [default: 256 for nih, 320 for chexpert].",
+    help="Side of the written images in pixels [default: 256 for nih, 320 for chexpert and chexlocalize].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option(
@@ -76,7 +81,8 @@ def phantom() -> None:
     "--uncertain-rate",
     type=float,
     default=None,
-    help="chexpert only: share of present findings labelled -1.0 (uncertain) in train.csv [default: 0.1].",
+    help="chexpert and chexlocalize: share of present findings labelled -1.0 (uncertain) in train.csv "
+    "[default: 0.1].",
 )
 def export(
     layout: str, out: Path, num_images: int, image_size: int | None, seed: int, difficulty: float,
@@ -87,10 +93,14 @@ def export(
     The split is the phantom dataset's own, patient-disjoint: train and val images go to
     the training list (NIH train_val_list.txt / CheXpert train.csv), test images to the
     test list (test_list.txt / valid.csv). NIH boxes are written for every lesion of the
-    test images that have findings, as in the real BBox_List_2017.csv.
+    test images that have findings, as in the real BBox_List_2017.csv. chexlocalize:
+    val images go to CheXlocalize's val (and the release's valid.csv), test images to its
+    test, train images to CheXpert-v1.0-small/train.csv; each pathology's mask is the
+    union of the lesions of the findings labelled with it.
     """
     if layout == "nih" and uncertain_rate is not None:
-        raise UsageError("--uncertain-rate: only the chexpert layout has uncertain labels")
+        raise UsageError("--uncertain-rate: only the chexpert layout (and the chexlocalize one's train.csv) "
+                         "has uncertain labels")
     size = image_size if image_size is not None else (256 if layout == "nih" else 320)
     _check(num_images=num_images, image_size=size, seed=seed, difficulty=difficulty)
     rate = 0.1 if uncertain_rate is None else uncertain_rate
@@ -106,14 +116,16 @@ def export(
         task = bar.add_task(f"phantom -> {layout} layout", total=num_images)
 
         def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done)
+            bar.update(task, completed=done, total=total)
 
         common = dict(num_images=num_images, image_size=size, seed=seed, difficulty=difficulty, progress=progress)
         try:
             if layout == "nih":
                 write_nih_layout(out, **common)  # type: ignore[arg-type]
-            else:
+            elif layout == "chexpert":
                 write_chexpert_layout(out, uncertain_rate=rate, **common)  # type: ignore[arg-type]
+            else:
+                write_chexlocalize_layout(out, uncertain_rate=rate, **common)  # type: ignore[arg-type]
         except OSError as exc:
             raise UsageError(f"--out: {exc}") from None
     click.echo(f"wrote {num_images} phantom images in {layout} layout to {out}")

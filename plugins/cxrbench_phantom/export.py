@@ -1,22 +1,23 @@
 """Write the phantom to disk in the published layouts of NIH ChestX-ray14 and CheXpert.
 
 The files are what the real loaders read, so the loaders can be tested end to end
-without the real data. Image ids, patients and the patient-disjoint split are the
-phantom dataset's own: an NIH export with the same options holds exactly the images
-of ``PhantomDataset`` (train + val in ``train_val_list.txt``, test in ``test_list.txt``).
+without the real data (CheXlocalize's layout: :mod:`.chexlocalize_export`). Image ids,
+patients and the patient-disjoint split are the phantom dataset's own: an NIH export
+with the same options holds exactly the images of ``PhantomDataset`` (train + val in
+``train_val_list.txt``, test in ``test_list.txt``).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .cohort import CLASSES
+from .cohort import CLASSES, Cohort
 from .dataset import Options, generator_for
 
 Progress = Callable[[int, int], None]
@@ -52,15 +53,20 @@ CHEXPERT_MAP: dict[str, tuple[str, ...]] = {
 }
 """Phantom finding -> the CheXpert columns its labeler would mark (CheXpert's hierarchy:
 consolidation, atelectasis and lung lesions are lung opacities)."""
+DEFAULT_CHEXPERT_PARTS = {"train": "train", "val": "train", "test": "valid"}
+"""Phantom split -> CheXpert release folder: the phantom's test images are the release's ``valid``."""
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 92]
+"""How every exported JPEG is encoded."""
 
 
-def _options(**kwargs: object) -> Options:
+def phantom_options(**kwargs: object) -> Options:
+    """The phantom's options from an exporter's arguments, validated (ValueError names the option)."""
     options = Options(**kwargs)  # type: ignore[arg-type]
     options.validate()
     return options
 
 
-def _write_lines(path: Path, header: str, rows: Iterable[Iterable[object]]) -> None:
+def write_csv(path: Path, header: str, rows: Iterable[Iterable[object]]) -> None:
     """Write a CSV whose header is given verbatim, atomically (temp file + rename)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
@@ -69,7 +75,8 @@ def _write_lines(path: Path, header: str, rows: Iterable[Iterable[object]]) -> N
     os.replace(tmp, path)
 
 
-def _write_image(path: Path, image: np.ndarray, params: list[int]) -> None:
+def write_image(path: Path, image: np.ndarray, params: list[int]) -> None:
+    """Encode ``image`` to ``path`` with OpenCV's ``params`` (OSError when it cannot)."""
     if not cv2.imwrite(str(path), image, params):
         raise OSError(f"could not write {path}")
 
@@ -114,7 +121,7 @@ def write_nih_layout(
         ValueError: for an out-of-range option (the message names it).
 
     """
-    options = _options(
+    options = phantom_options(
         num_images=num_images, image_size=image_size, seed=seed, difficulty=difficulty, classes=classes,
         no_finding_fraction=no_finding_fraction, val_fraction=val_fraction, test_fraction=test_fraction,
     )  # fmt: skip
@@ -128,7 +135,7 @@ def write_nih_layout(
     entries, boxes = [], []
     for i, name in enumerate(names):
         findings = gen.findings(i)
-        _write_image(root / "images" / name, gen.image(i), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        write_image(root / "images" / name, gen.image(i), [cv2.IMWRITE_PNG_COMPRESSION, 3])
         entries.append(
             [name, "|".join(findings) or "No Finding", int(cohort.follow_up[i]), int(cohort.patient[i]),
              int(cohort.age[i]), cohort.sex[i], cohort.view[i], NIH_ORIGINAL_SIZE, NIH_ORIGINAL_SIZE,
@@ -141,12 +148,38 @@ def write_nih_layout(
         if progress is not None:
             progress(i + 1, len(names))
 
-    _write_lines(root / "Data_Entry_2017_v2020.csv", NIH_DATA_ENTRY_HEADER, entries)
-    _write_lines(root / "BBox_List_2017.csv", NIH_BBOX_HEADER, boxes)
+    write_csv(root / "Data_Entry_2017_v2020.csv", NIH_DATA_ENTRY_HEADER, entries)
+    write_csv(root / "BBox_List_2017.csv", NIH_BBOX_HEADER, boxes)
     test = cohort.split == "test"
     for file, keep in (("train_val_list.txt", ~test), ("test_list.txt", test)):
         (root / file).write_text("".join(f"{n}\n" for n, k in zip(names, keep, strict=True) if k))
     return root
+
+
+def chexpert_study(cohort: Cohort, i: int) -> str:
+    """``patientNNNNN/studyN`` of image ``i``: each follow-up image of a patient is a study."""
+    return f"patient{int(cohort.patient[i]):05d}/study{int(cohort.follow_up[i]) + 1}"
+
+
+def chexpert_row(cohort: Cohort, i: int, path: str, cells: Mapping[str, str]) -> list[str]:
+    """The cells of image ``i``'s row of a CheXpert labels table, in :data:`CHEXPERT_COLUMNS` order.
+
+    Args:
+        cohort: the phantom's cohort.
+        i: the image.
+        path: the ``Path`` cell.
+        cells: the label cells (:func:`chexpert_labels`).
+
+    """
+    record = {
+        "Path": path,
+        "Sex": "Male" if cohort.sex[i] == "M" else "Female",
+        "Age": str(int(cohort.age[i])),
+        "Frontal/Lateral": "Frontal",
+        "AP/PA": str(cohort.view[i]),
+        **cells,
+    }
+    return [record[c] for c in CHEXPERT_COLUMNS]
 
 
 def chexpert_labels(
@@ -198,15 +231,17 @@ def write_chexpert_layout(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     progress: Progress | None = None,
+    parts: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the phantom as CheXpert-v1.0-small is published.
 
     Layout under ``root``: ``CheXpert-v1.0-small/train.csv`` and ``valid.csv`` (the real
     header; labels ``1.0`` / ``0.0`` / ``-1.0`` / blank, no uncertain labels in valid)
     and JPEGs at ``CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/view1_frontal.jpg``.
-    The phantom's train and val images go to ``train``, its test images to ``valid``;
-    each follow-up image of a patient is a study. Findings map to CheXpert columns by
-    :data:`CHEXPERT_MAP`; Edema, Pleural Other, Fracture and Support Devices never occur.
+    By default the phantom's train and val images go to ``train``, its test images to
+    ``valid`` (``parts`` says otherwise); each follow-up image of a patient is a study.
+    Findings map to CheXpert columns by :data:`CHEXPERT_MAP`; Edema, Pleural Other,
+    Fracture and Support Devices never occur.
 
     Args:
         root: output folder (the one that will hold ``CheXpert-v1.0-small``).
@@ -220,6 +255,9 @@ def write_chexpert_layout(
         val_fraction: share of the phantom's images in its val split (written to train).
         test_fraction: share of images written to ``valid``.
         progress: optional ``progress(done, total)`` callback.
+        parts: phantom split -> release folder (``train`` or ``valid``) it is written
+            to; splits left out are not written. Default: train and val to ``train``,
+            test to ``valid``.
 
     Returns:
         ``root`` as a Path.
@@ -228,9 +266,12 @@ def write_chexpert_layout(
         ValueError: for an out-of-range option (the message names it).
 
     """
+    parts = dict(DEFAULT_CHEXPERT_PARTS if parts is None else parts)
+    if set(parts.values()) - {"train", "valid"}:
+        raise ValueError(f"parts must map phantom splits to 'train' or 'valid', got {parts}")
     if not 0.0 <= uncertain_rate <= 1.0:
         raise ValueError(f"uncertain_rate must be between 0 and 1, got {uncertain_rate}")
-    options = _options(
+    options = phantom_options(
         num_images=num_images, image_size=image_size, seed=seed, difficulty=difficulty, classes=classes,
         no_finding_fraction=no_finding_fraction, val_fraction=val_fraction, test_fraction=test_fraction,
     )  # fmt: skip
@@ -241,26 +282,30 @@ def write_chexpert_layout(
     rows: dict[str, list[list[str]]] = {"train": [], "valid": []}
     label_rng = np.random.default_rng([seed, 0xC4E])
     for i in range(len(gen)):
-        part = "valid" if cohort.split[i] == "test" else "train"
-        study = f"patient{int(cohort.patient[i]):05d}/study{int(cohort.follow_up[i]) + 1}"
-        rel = f"{part}/{study}/view1_frontal.jpg"
-        (base / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_image(base / rel, gen.image(i), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        cells = chexpert_labels(gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate, rng=label_rng)
-        record = {
-            "Path": f"{CHEXPERT_ROOT}/{rel}",
-            "Sex": "Male" if cohort.sex[i] == "M" else "Female",
-            "Age": str(int(cohort.age[i])),
-            "Frontal/Lateral": "Frontal",
-            "AP/PA": str(cohort.view[i]),
-            **cells,
-        }
-        rows[part].append([record[c] for c in CHEXPERT_COLUMNS])
+        part = parts.get(str(cohort.split[i]))
+        if part is not None:
+            rel = f"{part}/{chexpert_study(cohort, i)}/view1_frontal.jpg"
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_image(base / rel, gen.image(i), JPEG_PARAMS)
+            cells = chexpert_labels(gen.findings(i), train=part == "train", uncertain_rate=uncertain_rate,
+                                    rng=label_rng)
+            rows[part].append(chexpert_row(cohort, i, f"{CHEXPERT_ROOT}/{rel}", cells))
         if progress is not None:
             progress(i + 1, len(gen))
     for part, part_rows in rows.items():
-        _write_lines(base / f"{part}.csv", ",".join(CHEXPERT_COLUMNS), part_rows)
+        write_csv(base / f"{part}.csv", ",".join(CHEXPERT_COLUMNS), part_rows)
     return root
 
 
-__all__ = ["CHEXPERT_MAP", "CLASSES", "chexpert_labels", "write_chexpert_layout", "write_nih_layout"]
+__all__ = [
+    "CHEXPERT_MAP",
+    "CLASSES",
+    "chexpert_labels",
+    "chexpert_row",
+    "chexpert_study",
+    "phantom_options",
+    "write_chexpert_layout",
+    "write_csv",
+    "write_image",
+    "write_nih_layout",
+]

@@ -23,6 +23,7 @@ class ToyOptions:
     image_size: int = 32
     seed: int = 0
     fail_on_read: bool = False
+    masks: bool = False  # val / boxes give pixel masks (every image x class) instead of boxes
 
 
 class ToyDataset(Dataset):
@@ -60,9 +61,29 @@ class ToyDataset(Dataset):
             from cxrbench.interfaces import empty_boxes
 
             table = empty_boxes()
+        masks = self._masks(rows) if self.options.masks and name in ("boxes", "val") else {}
+        if masks:
+            from cxrbench.interfaces import empty_boxes
+
+            table = empty_boxes()  # the host derives the boxes from the masks
         return Split(ids=[f"toy{r:04d}" for r in rows], patient_ids=[f"p{r // 2}" for r in rows],
                      labels=self._labels[rows], boxes=table,
-                     image_sizes=np.full((len(rows), 2), self.options.image_size))
+                     image_sizes=np.full((len(rows), 2), self.options.image_size), masks=masks)
+
+    def _masks(self, rows):
+        from cxrbench.masks import MaskRef, encode_coco_rle
+
+        s = self.options.image_size
+        out = {}
+        for i, r in enumerate(rows):
+            for k in range(2):
+                mask = np.zeros((s, s), dtype=bool)
+                if self._labels[r, k]:
+                    x, y = self._pos[r, k]
+                    w, h = (8, 8) if k == 0 else (10, 4)
+                    mask[y : y + h, x : x + w] = True
+                out[(i, k)] = MaskRef.from_coco_rle(f"toy{r:04d}", self.classes[k], encode_coco_rle(mask))
+        return out
 
     def read_image(self, split, index):
         if self.options.fail_on_read:

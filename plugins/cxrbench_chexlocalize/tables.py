@@ -14,7 +14,7 @@ The published layout, relative to the dataset root::
 ``gt_annotations`` is ``{image_id: {"img_size": [h, w], pathology: [[[x, y], ...], ...]}}``;
 the segmentations are the annotations rasterised (see :mod:`cxrbench.masks`). Image ids
 are ``patient64541_study1_view1_frontal``. Each mask stays encoded in a
-:class:`~cxrbench.masks.MaskRef` until a dataset asks for its pixels.
+:class:`cxrbench.api.MaskRef` until a dataset asks for its pixels.
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from .errors import UsageError, one_line
-from .imageio import safe_join
-from .masks import MaskDecodeError, MaskRef
+from cxrbench.api import MaskDecodeError, MaskRef, UsageError, one_line, safe_join
 
 __all__ = [
     "CHEXLOCALIZE_PATHOLOGIES",
