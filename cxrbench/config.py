@@ -71,6 +71,11 @@ class TrainSpec:
         num_workers: decoding threads when images come from files (no prepared cache);
             None = the CPU count, at most 8. Speed only: not part of a cell's id.
         max_steps_per_epoch: cap on steps per epoch (None = the whole split); for smoke tests.
+        threads: torch CPU threads of the cell, whatever the executor (None = the
+            executor's: every core in-process, CPU count / workers in ``process``). CPU
+            results are bit-identical only under the same threads, device, dtype and
+            versions (recorded in each result's environment), so set it to compare
+            executors number for number.
 
     """
 
@@ -98,8 +103,11 @@ class TrainSpec:
     eval_batch_size: int | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
+    threads: int | None = None
 
     def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or null), got {self.threads}")
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
         if self.batch_size < 1:
@@ -217,6 +225,126 @@ class MaskSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MprtSpec:
+    """The model-parameter randomisation test (``localization.sanity.mprt``; Adebayo et al. 2018).
+
+    Attributes:
+        images: explain the first this many scored images (those with boxes or masks).
+        bound: the localizer passes (``mprt_pass`` 1) when its maps' Spearman correlation with
+            the fully randomised model's maps is below this.
+        seed: seed of the randomised weights (per block, so a block gets the same weights in
+            the cascade and on its own).
+        cascade: randomise the blocks cumulatively from the head downwards.
+        independent: randomise each block on its own, the rest trained.
+
+    """
+
+    images: int = 32
+    bound: float = 0.5
+    seed: int = 0
+    cascade: bool = True
+    independent: bool = True
+
+    def validate(self) -> None:
+        if self.images < 1:
+            raise ValueError(f"images must be at least 1, got {self.images}")
+        if not -1.0 <= self.bound <= 1.0:
+            raise ValueError(f"bound must be a rank correlation in [-1, 1], got {self.bound}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not (self.cascade or self.independent):
+            raise ValueError("cascade and independent are both false: nothing would be randomised")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomLogitSpec:
+    """The random-logit test (``localization.sanity.random_logit``; Sixt et al. 2020).
+
+    Attributes:
+        images: explain the first this many scored images (the MPRT's sample when both run).
+        seed: seed of the random other class of each image.
+
+    """
+
+    images: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.images < 1:
+            raise ValueError(f"images must be at least 1, got {self.images}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletionSpec:
+    """A deletion curve (``localization.sanity.deletion``; Petsiuk et al. 2018, RISE).
+
+    Attributes:
+        steps: the most salient ``i / steps`` of the pixels are replaced, ``i = 0 .. steps``.
+        baseline: what replaces them: ``mean`` (a constant image at the scored images' mean
+            pixel), ``blur`` (a Gaussian blur of the image) or ``zero`` (0 after normalisation,
+            ImageNet's grey mean; RISE's ``torch.zeros_like`` on normalised inputs).
+        sigma: the blur's standard deviation in pixels at the model's input size (RISE: 5).
+        max_pairs: score at most this many (image, class) pairs, the first in row order
+            (None = every scored pair).
+
+    """
+
+    steps: int = 20
+    baseline: Literal["mean", "blur", "zero"] = "mean"
+    sigma: float = 5.0
+    max_pairs: int | None = None
+
+    def validate(self) -> None:
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"sigma must be a positive number of pixels, got {self.sigma}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be at least 1 (or null for all), got {self.max_pairs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertionSpec(DeletionSpec):
+    """An insertion curve (``localization.sanity.insertion``): the most salient pixels are
+    revealed on the baseline, a blurred copy by default (RISE's insertion substrate)."""
+
+    baseline: Literal["mean", "blur", "zero"] = "blur"
+
+
+@dataclasses.dataclass(frozen=True)
+class SanitySpec:
+    """Faithfulness and sanity checks of every localizer (``localization.sanity``), all off by default.
+
+    Each key is ``true`` (its defaults), ``false`` / absent (off) or a mapping of its options;
+    docs/metrics.md, "Sanity and faithfulness", defines every number.
+
+    Attributes:
+        mprt: the model-parameter randomisation test (:class:`MprtSpec`).
+        random_logit: the random-logit test (:class:`RandomLogitSpec`).
+        deletion: the deletion curve (:class:`DeletionSpec`).
+        insertion: the insertion curve (:class:`InsertionSpec`).
+
+    """
+
+    mprt: MprtSpec | None = None
+    random_logit: RandomLogitSpec | None = None
+    deletion: DeletionSpec | None = None
+    insertion: InsertionSpec | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any check runs."""
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+
+SANITY_CHECKS: dict[str, type] = {"mprt": MprtSpec, "random_logit": RandomLogitSpec, "deletion": DeletionSpec,
+                                  "insertion": InsertionSpec}
+"""The keys of ``localization.sanity`` and the options of each."""
+
+
+@dataclasses.dataclass(frozen=True)
 class LocalizationSpec:
     """Localization evaluation settings (the ``localization:`` block).
 
@@ -243,6 +371,8 @@ class LocalizationSpec:
         save_overlays: PNG overlays saved per localizer for this many boxed images.
         masks: mask scoring settings (:class:`MaskSpec`), used where the scored split has
             pixel masks (e.g. ``chexlocalize``); ignored otherwise.
+        sanity: faithfulness and sanity checks of every localizer (:class:`SanitySpec`):
+            MPRT, random logit, deletion and insertion curves; all off by default.
 
     """
 
@@ -257,10 +387,13 @@ class LocalizationSpec:
     save_overlays: int = 0
     save_maps: bool = False
     masks: Any = None
+    sanity: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.masks, MaskSpec):
             object.__setattr__(self, "masks", parse_mask_spec(self.masks, "localization.masks"))
+        if not isinstance(self.sanity, SanitySpec):
+            object.__setattr__(self, "sanity", parse_sanity_spec(self.sanity, "localization.sanity"))
 
     def validate(self) -> None:
         if not self.split:
@@ -462,7 +595,8 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
         localization = dataclasses.replace(
             localization, threshold=parse_threshold(localization.threshold, "localization.threshold")
         )
-    localization = dataclasses.replace(localization, masks=parse_mask_spec(localization.masks, "localization.masks"))
+    localization = dataclasses.replace(localization, masks=parse_mask_spec(localization.masks, "localization.masks"),
+                                       sanity=parse_sanity_spec(localization.sanity, "localization.sanity"))
 
     executor_raw = raw.get("executor", "local")
     executor = registry.create("executor", executor_raw, "executor")
@@ -513,6 +647,39 @@ def parse_mask_spec(raw: Any, path: str) -> MaskSpec:
     if spec.threshold is not None:
         spec = dataclasses.replace(spec, threshold=parse_threshold(spec.threshold, join_key(path, "threshold")))
     return spec
+
+
+def parse_sanity_spec(raw: Any, path: str) -> SanitySpec:
+    """A validated ``localization.sanity`` block (every check off when absent).
+
+    Each key takes ``true`` (the check with its defaults), ``false`` or null (off), or a
+    mapping of the check's options; anything else, and unknown keys, are one-line errors
+    naming the YAML path.
+    """
+    if isinstance(raw, SanitySpec):
+        return raw
+    if raw is None:
+        return SanitySpec()
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping such as {{mprt: true, deletion: {{steps: 20}}}}, got {raw!r}")
+    checks: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = join_key(path, key)
+        if key not in SANITY_CHECKS:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(SANITY_CHECKS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(where, f"unknown check{hint} (valid: {', '.join(SANITY_CHECKS)})")
+        if value is True:
+            checks[key] = SANITY_CHECKS[key]()
+        elif value is False or value is None:
+            checks[key] = None
+        elif isinstance(value, dict):
+            checks[key] = parse_options(SANITY_CHECKS[key], value, where, where)
+        else:
+            raise ConfigError(where, f"expected true, false or a mapping of options, got {value!r}")
+    return SanitySpec(**checks)
 
 
 def load_grid(path: str | Path, registry: Registry) -> GridSpec:

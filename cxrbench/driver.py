@@ -83,7 +83,8 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
         tasks.append(CellTask(cell=cell, localizers=tuple(wanted), train=grid.train, evaluation=grid.evaluation,
                               localization=grid.localization,
                               cell_dir=str(store.artifacts(cell.cell_id).folder.resolve()),
-                              cache_root=cache, retrain=retrain, executor=executor))
+                              cache_root=cache, retrain=retrain, executor=executor,
+                              force=force))
     return tasks, skipped
 
 

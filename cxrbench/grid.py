@@ -69,6 +69,12 @@ def _default_masks() -> dict[str, Any]:
     return options_to_dict(MaskSpec())
 
 
+def _default_sanity() -> dict[str, Any]:
+    from .config import SanitySpec
+
+    return options_to_dict(SanitySpec())
+
+
 def _plain(value: Any) -> Any:
     """JSON-like form for comparing settings (tuples and lists alike)."""
     return json.loads(json.dumps(value, default=str))
@@ -81,6 +87,9 @@ def localizer_key(spec: ComponentSpec, default_threshold: dict | None,
     masks = (localization or {}).get("masks")
     if scoring is not None and masks is not None and _plain(masks) != _plain(_default_masks()):
         scoring["masks"] = masks  # only when set: the keys of stores from before masks stay valid
+    sanity = (localization or {}).get("sanity")
+    if scoring is not None and sanity is not None and _plain(sanity) != _plain(_default_sanity()):
+        scoring["sanity"] = sanity  # likewise: switching no check on keeps every existing key
     payload: dict[str, Any] = {"localizer": spec.key(), "threshold": spec.threshold or default_threshold}
     if scoring is not None:
         payload.update(scoring=scoring, protocol=LOCALIZATION_PROTOCOL)
@@ -89,7 +98,7 @@ def localizer_key(spec: ComponentSpec, default_threshold: dict | None,
 
 SPEED_ONLY_TRAIN_KEYS = frozenset({"num_workers"})
 
-ID_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"evaluation": {"cutoff": "youden"}}
+ID_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"evaluation": {"cutoff": "youden"}, "train": {"threads": None}}
 """Settings added after results stores existed: at these values they are left out of a
 cell's id, so the cells of an older store are still found (their numbers were computed
 with exactly these values)."""
@@ -113,7 +122,8 @@ def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec,
         "head": head.key(),
         "seed": seed,
         # decoding threads change speed, never results: a new value must not retrain finished cells
-        "train": {k: v for k, v in options_to_dict(grid.train).items() if k not in SPEED_ONLY_TRAIN_KEYS},
+        "train": _id_block("train", {k: v for k, v in options_to_dict(grid.train).items()
+                                     if k not in SPEED_ONLY_TRAIN_KEYS}),
         "evaluation": _id_block("evaluation", options_to_dict(grid.evaluation)),
     }
 

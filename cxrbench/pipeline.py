@@ -21,6 +21,7 @@ import torch
 from . import hookimpl
 from .artifacts import CellArtifacts, save_npz_atomic, save_torch_atomic, write_json_atomic
 from .config import TrainSpec
+from .errors import CellError
 from .events import CellReporter, Progress
 from .interfaces import Classifier, Dataset, DatasetContext
 from .options import options_to_dict
@@ -84,22 +85,59 @@ class _CellRun:
         self._splits.pop(name, None)
 
     def train_or_load(self, model: Classifier, info: dict[str, Any]) -> None:
+        """Train the cell, or load the model it trained before.
+
+        A localizer-only task (``retrain`` False) never trains: without its ``best.pt`` the
+        new localizer's scores would come from another model than the recorded AUROC, so a
+        missing checkpoint fails the task (its localizers are recorded failed, with the
+        reason). A cell whose training finished but whose evaluation did not (interrupted,
+        or failed after training) loads its ``best.pt`` and only re-evaluates, unless forced.
+        """
         from .training import train_model
 
         task, best = self.task, self.artifacts.best
-        if task.retrain or not best.exists():
-            outcome = train_model(model, self.split("train"), self.split("val") if self.has_split("val") else None,
-                                  task.train, seed=task.cell.seed, device=self.device,
-                                  checkpoint_dir=self.artifacts.folder, progress=self.reporter.progress)
-            save_torch_atomic({"model": model.state_dict(), "config": task.cell.config, "classes": self.classes}, best)
-            self.artifacts.last.unlink(missing_ok=True)  # the cell is trained; resume state no longer needed
-            info.update(best_epoch=outcome.best_epoch, epochs_run=outcome.epochs_run, history=outcome.history,
-                        train_images_per_s=outcome.train_images_per_s,
-                        resumed_from_epoch=outcome.resumed_from_epoch)
-            self.drop("train")
-        else:
+        if not task.retrain:
+            if not best.exists():
+                raise CellError(f"the trained model {best} is missing, so localizers cannot be evaluated on the "
+                                "model whose AUROC is recorded; rerun the cell with --force to retrain it")
+            model.load_state_dict(self._load_best(best)["model"])
+            return
+        finished = None if task.force else self._finished_training(best)
+        if finished is not None:
+            model.load_state_dict(finished["model"])
+            info.update(finished["training"], reused_checkpoint=True)
+            self.reporter.warning(f"cell {task.cell.cell_id}: training had finished before (best.pt); "
+                                  "evaluating it without retraining")
+            return
+        outcome = train_model(model, self.split("train"), self.split("val") if self.has_split("val") else None,
+                              task.train, seed=task.cell.seed, device=self.device,
+                              checkpoint_dir=self.artifacts.folder, progress=self.reporter.progress)
+        training = {"best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run, "history": outcome.history,
+                    "train_images_per_s": outcome.train_images_per_s,
+                    "resumed_from_epoch": outcome.resumed_from_epoch}
+        save_torch_atomic({"model": model.state_dict(), "config": task.cell.config, "classes": self.classes,
+                           "training": training}, best)
+        self.artifacts.last.unlink(missing_ok=True)  # best.pt now holds what a resume needs
+        info.update(training)
+        self.drop("train")
+
+    def _load_best(self, best: Path) -> dict[str, Any]:
+        try:
+            return torch.load(best, map_location=self.device, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: say which
+            raise CellError(f"cannot read the trained model {best}: {type(exc).__name__}: {exc}") from None
+
+    def _finished_training(self, best: Path) -> dict[str, Any] | None:
+        """The checkpoint of a finished training of exactly this cell, or None."""
+        if not best.exists():
+            return None
+        try:
             state = torch.load(best, map_location=self.device, weights_only=True)
-            model.load_state_dict(state["model"])
+        except Exception:  # unreadable: train again rather than fail
+            return None
+        if not isinstance(state, dict) or "training" not in state or state.get("config") != dict(self.task.cell.config):
+            return None
+        return state
 
     def classify(self, model: Classifier, info: dict[str, Any]) -> dict[str, float]:
         from .metrics import classification_metrics
@@ -107,6 +145,8 @@ class _CellRun:
 
         evaluation = self.task.evaluation
         test = self.split("test")
+        if not len(test):
+            raise CellError(f"dataset '{self.task.cell.dataset.name}' has an empty test split: nothing to evaluate")
         val = self.split("val") if self.has_split("val") else None
         t0 = time.perf_counter()
         scores = predict(model, test, self.eval_batch, self.device, dtype=self.dtype,
@@ -194,6 +234,7 @@ class _CellRun:
                 ci=evaluation.ci, maps_path=self.artifacts.maps(lt.key) if spec.save_maps else None,
                 pair_scores_path=self.artifacts.pair_scores(lt.key),
                 masks=spec.masks, mask_tune_on=tune_on if _tunes_masks(spec) else None,
+                sanity=spec.sanity, autocast_dtype=self.dtype, channels_last=_channels_last(self.task.train, self.device),
             )
             settings = {**settings, **protocol, "options": options_to_dict(lt.spec.options), "split": spec.split,
                         "hit_tolerance": spec.hit_tolerance, "hit_tolerance_unit": "original image pixels",
@@ -204,6 +245,11 @@ class _CellRun:
                                            traceback.format_exc())
 
 
+def _channels_last(train: TrainSpec, device: torch.device) -> bool:
+    """The cell's memory format for forward passes (as training resolves ``train.channels_last``)."""
+    return bool(train.channels_last) if train.channels_last is not None else device.type == "cuda"
+
+
 def _tunes_masks(spec: Any) -> bool:
     masks = getattr(spec, "masks", None)
     return bool(masks is not None and (masks.tune or masks.gate))
@@ -211,6 +257,18 @@ def _tunes_masks(spec: Any) -> bool:
 
 def run_cell_core(task: CellTask, reporter: CellReporter) -> CellResult:
     """The core's cell: data -> model -> train (or load) -> predict -> AUROC -> localize."""
+    threads = getattr(task.train, "threads", None)
+    if threads:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return _run_cell(task, reporter)
+        finally:
+            torch.set_num_threads(previous)
+    return _run_cell(task, reporter)
+
+
+def _run_cell(task: CellTask, reporter: CellReporter) -> CellResult:
     from .training import seed_everything
 
     cell = task.cell

@@ -43,6 +43,9 @@ class CellTask:
         retrain: False when the cell is finished and only localizers are missing (the
             saved checkpoint is loaded instead of training).
         executor: the name of the executor running the task (recorded in the environment).
+        force: retrain even when a finished training of this exact cell is on disk
+            (``--force``); otherwise a cell whose training finished but whose evaluation
+            was interrupted resumes from its ``best.pt`` and only re-evaluates.
 
     """
 
@@ -55,6 +58,7 @@ class CellTask:
     cache_root: str | None = None
     retrain: bool = True
     executor: str = "local"
+    force: bool = False
 
     @property
     def cell_id(self) -> str:

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import cxrbench
-from cxrbench.api import Event, Executor, QueueEvents, RunEvents, execute_cell, failed_result
+from cxrbench.api import Event, Executor, QueueEvents, RunEvents, UsageError, execute_cell, failed_result
 
 
 class LocalExecutor(Executor):
@@ -34,13 +34,69 @@ _EVENTS: Any = None
 """In a worker: the queue carrying run events back to the main process."""
 
 
-def _init_worker(threads: int, events: Any = None) -> None:
+def _init_worker(threads: int, events: Any = None, gpu_slots: Any = None) -> None:
+    global _EVENTS
+    if gpu_slots is not None:
+        pin_gpu(gpu_slots.get())
     import torch
 
-    global _EVENTS
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     _EVENTS = events
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Make ``gpu`` this process's only visible GPU (``""``: none), before CUDA initialises.
+
+    CUDA reads ``CUDA_VISIBLE_DEVICES`` once, when the first CUDA call initialises it; the
+    worker's initializer runs before any cell, so every cell of the worker sees its GPU as
+    ``cuda:0``.
+    """
+    if gpu is None:
+        return
+    import torch
+
+    if torch.cuda.is_initialized():  # pragma: no cover - a plugin touched CUDA at import time
+        raise RuntimeError("CUDA was initialised before the worker's GPU could be pinned")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (without initialising CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and not g.strip().startswith("-")]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def assign_gpus(gpus: Any, workers: int | None, visible: Sequence[str]) -> tuple[int, list[str] | None]:
+    """How many workers to start and the GPU of each (None: GPUs are not assigned).
+
+    Args:
+        gpus: the ``gpus`` option: ``auto`` (every visible GPU, one per worker), ``none``
+            (CPU only: workers see no GPU), or a list of GPU ids.
+        workers: the ``workers`` option (None: one per assigned GPU, else 2).
+        visible: the GPUs visible to the driver.
+
+    Returns:
+        ``(workers, per-worker GPU ids)``; with more workers than GPUs, GPUs are dealt round robin.
+
+    Raises:
+        ValueError: for a listed GPU that is not visible.
+
+    """
+    if gpus == "none":
+        return (workers or 2), [""] * (workers or 2)
+    chosen = list(visible) if gpus == "auto" else [str(g) for g in gpus]
+    missing = [g for g in chosen if g not in visible]
+    if missing:
+        raise ValueError(f"gpus: {', '.join(missing)} not visible (visible: {', '.join(visible) or 'none'})")
+    if not chosen:
+        return (workers or 2), None
+    n = workers or len(chosen)
+    return n, [chosen[i % len(chosen)] for i in range(n)]
 
 
 def _run_in_worker(task: Any) -> Any:
@@ -54,17 +110,24 @@ class ProcessOptions:
     """Options of the ``process`` executor.
 
     Attributes:
-        workers: worker processes (cells run in parallel).
+        workers: worker processes (cells run in parallel); null = one per assigned GPU,
+            or 2 without GPUs.
         threads_per_worker: torch CPU threads per worker; 0 = CPU count / workers.
+        gpus: ``auto`` (each worker pinned to one visible GPU, dealt round robin), ``none``
+            (workers see no GPU) or a list of GPU ids, e.g. ``[0, 1]``.
 
     """
 
-    workers: int = 2
+    workers: int | None = None
     threads_per_worker: int = 0
+    gpus: Any = "auto"
 
     def validate(self) -> None:
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if not (self.gpus in ("auto", "none") or (isinstance(self.gpus, list) and all(
+                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in self.gpus))):
+            raise ValueError(f"gpus must be 'auto', 'none' or a list of GPU indices, got {self.gpus!r}")
         if self.threads_per_worker < 0:
             raise ValueError("threads_per_worker must be >= 0")
 
@@ -83,11 +146,21 @@ class ProcessExecutor(Executor):
     def run(self, tasks: Sequence[Any], on_result: Callable[[Any], None], events: RunEvents) -> None:
         if not tasks:
             return
-        workers = min(self.options.workers, len(tasks))
+        try:
+            workers, gpus = assign_gpus(self.options.gpus, self.options.workers, visible_gpus())
+        except ValueError as exc:
+            raise UsageError(f"executor 'process': {exc}") from None
+        workers = min(workers, len(tasks))
         threads = self.options.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         channel = context.Queue()
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, channel))
+        slots = None
+        if gpus is not None:
+            slots = context.Queue()
+            for gpu in gpus[:workers]:
+                slots.put(gpu)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(threads, channel, slots))
         finished: set[str] = set()  # an event may arrive after its cell's result: drop it then
         warned: dict[str, int] = {}  # warnings relayed live, per cell
 
