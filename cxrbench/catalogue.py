@@ -85,6 +85,9 @@ WANG = "Wang et al., CVPR 2017 (ChestX-ray8), section 4.2"
 SEED = "the seed project (cxrbench's predecessor)"
 CHOE = "Choe et al., CVPR 2020 (wsolevaluation)"
 SAPORTA = "Saporta et al., Nat. Mach. Intell. 2022 (cheXlocalize: eval.py, heatmap_to_segmentation.py)"
+ADEBAYO = "Adebayo et al., NeurIPS 2018 (Sanity checks for saliency maps), model-parameter randomisation"
+SIXT = "Sixt, Granz & Landgraf, ICML 2020 (When explanations lie), random-logit test"
+RISE = "Petsiuk, Das & Saenko, BMVC 2018 (RISE), deletion and insertion"
 
 METRICS: tuple[MetricSpec, ...] = (
     # ------------------------------------------------------------------ classification
@@ -169,6 +172,61 @@ METRICS: tuple[MetricSpec, ...] = (
     *(MetricSpec(f"{key}_ci_{bound}", f"{label} CI {bound}", f"{bound} bound of the {label} interval "
                  "(patient-level percentile bootstrap)", "localization", split="boxes", in_table=False)
       for key, label in (("mask_miou", "mIoU"), ("mask_hit_rate", "Hit(mask)")) for bound in ("low", "high")),
+    # ------------------------------------------------------------------ sanity and faithfulness (localization.sanity)
+    MetricSpec("mprt_spearman", "MPRT", "MPRT: Spearman rank correlation of the trained model's maps with the maps of "
+               "the fully randomised network (cascade down to the lowest block), per class the mean over the sampled "
+               "images, mean over classes; near 1 means the maps do not depend on the model", "localization",
+               higher_is_better=False, per_class=True, split="boxes",
+               ci=("mprt_spearman_ci_low", "mprt_spearman_ci_high"), source=ADEBAYO),
+    MetricSpec("mprt_ssim", "MPRT SSIM", "MPRT: as mprt_spearman with SSIM (7x7 uniform window, sample covariance, "
+               "K1 0.01, K2 0.03, min-max normalised maps, data range 1)", "localization", higher_is_better=False,
+               per_class=True, split="boxes", ci=("mprt_ssim_ci_low", "mprt_ssim_ci_high"), in_table=False,
+               source=f"{ADEBAYO}; skimage structural_similarity"),
+    MetricSpec("mprt_independent_spearman", "MPRT indep", "MPRT: mean over blocks of the class-mean rank correlation "
+               "with that block alone randomised", "localization", higher_is_better=False, split="boxes",
+               in_table=False, source=ADEBAYO),
+    MetricSpec("mprt_independent_ssim", "MPRT indep SSIM", "MPRT: mean over blocks of the class-mean SSIM with that "
+               "block alone randomised", "localization", higher_is_better=False, split="boxes", in_table=False,
+               source=ADEBAYO),
+    MetricSpec("mprt_pass", "MPRT pass", "1 when mprt_spearman is below localization.sanity.mprt.bound (default 0.5; "
+               "the independent mean when the cascade is off), else 0: the maps depend on the model's weights",
+               "localization", digits=0, split="boxes", compact=True, source=f"cxrbench's bound on {ADEBAYO}"),
+    MetricSpec("random_logit_spearman", "RandLogit", "random-logit test: per sampled image the Spearman rank "
+               "correlation of the map of the most probable class with the map of a seeded random other class, mean "
+               "over images", "localization", higher_is_better=False, split="boxes",
+               ci=("random_logit_spearman_ci_low", "random_logit_spearman_ci_high"), source=SIXT),
+    MetricSpec("random_logit_ssim", "RandLogit SSIM", "random-logit test with SSIM (as mprt_ssim), mean over images",
+               "localization", higher_is_better=False, split="boxes", in_table=False,
+               ci=("random_logit_ssim_ci_low", "random_logit_ssim_ci_high"), source=SIXT),
+    MetricSpec("deletion_auc", "Deletion", "area under the probability of the pair's class as the map's most salient "
+               "pixels are replaced by the baseline in localization.sanity.deletion.steps steps (trapezoidal, over the "
+               "fraction of pixels), per class the mean over pairs, mean over classes", "localization",
+               higher_is_better=False, per_class=True, split="boxes",
+               ci=("deletion_auc_ci_low", "deletion_auc_ci_high"), source=RISE),
+    MetricSpec("insertion_auc", "Insertion", "as deletion_auc, with the most salient pixels revealed on the baseline "
+               "(a blurred copy by default)", "localization", per_class=True, split="boxes",
+               ci=("insertion_auc_ci_low", "insertion_auc_ci_high"), source=RISE),
+    *(MetricSpec(f"{key}_ci_{bound}", f"{label} CI {bound}", f"{bound} bound of the {label} interval "
+                 "(patient-level percentile bootstrap)", "localization", higher_is_better=better, split="boxes",
+                 in_table=False)
+      for key, label, better in (("mprt_spearman", "MPRT", False), ("mprt_ssim", "MPRT SSIM", False),
+                                 ("random_logit_spearman", "RandLogit", False),
+                                 ("random_logit_ssim", "RandLogit SSIM", False), ("deletion_auc", "Deletion", False),
+                                 ("insertion_auc", "Insertion", True))
+      for bound in ("low", "high")),
+    MetricSpec("mprt_images", "MPRT images", "images in the MPRT's sample (every class of each)", "count", digits=0,
+               in_table=False),
+    MetricSpec("mprt_localizer_calls", "MPRT calls", "localizer calls of the MPRT: (randomised networks + 1) per batch "
+               "of sampled images", "count", higher_is_better=False, digits=0, in_table=False),
+    MetricSpec("random_logit_images", "RandLogit images", "images in the random-logit test's sample", "count",
+               digits=0, in_table=False),
+    MetricSpec("deletion_pairs", "Deletion pairs", "(image, class) pairs with a true box whose deletion curve was read",
+               "count", digits=0, in_table=False),
+    MetricSpec("insertion_pairs", "Insertion pairs", "(image, class) pairs with a true box whose insertion curve was "
+               "read", "count", digits=0, in_table=False),
+    MetricSpec("deletion_insertion_forward_images", "Del/Ins forwards", "perturbed images sent through the model for "
+               "the deletion and insertion curves (pairs x (steps + 1) per curve)", "count", higher_is_better=False,
+               digits=0, in_table=False),
     MetricSpec("mask_pairs", "mask pairs", "annotated (image, class) pairs with a defined IoU (the mIoU's pairs)",
                "count", digits=0, in_table=False),
     MetricSpec("mask_positive_pairs", "mask positives", "annotated pairs whose mask is non-empty (the hit "
@@ -180,6 +238,12 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("loc_images", "images", "boxed images scored", "count", digits=0, in_table=False),
     MetricSpec("loc_ms_per_image", "ms/img", "localizer time per image (all classes in one call), device-synchronised",
                "speed", higher_is_better=False, digits=1, unit="ms", compact=True),
+    MetricSpec("mprt_ms_per_image", "MPRT ms/img", "MPRT time per sampled image: the trained maps, the randomised "
+               "copies and their maps and similarities, device-synchronised", "speed", higher_is_better=False,
+               digits=1, unit="ms", in_table=False),
+    MetricSpec("deletion_insertion_ms_per_image", "Del/Ins ms/img", "deletion and insertion time per perturbed image "
+               "(building it, the forward pass, reading the probability), device-synchronised", "speed",
+               higher_is_better=False, digits=2, unit="ms", in_table=False),
     # ------------------------------------------------------------------ speed and size (a cell's info)
     MetricSpec("train_images_per_s", "img/s train", "training throughput over the cell's epochs", "speed",
                digits=1, unit="images/s"),

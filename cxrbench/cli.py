@@ -171,7 +171,7 @@ def _count_cells(grid: Any) -> int:
 @results_option
 @click.option("--dry-run", is_flag=True, help="Print the expanded cells (and whether each is done) and stop.")
 @click.option("--executor", default=None, metavar="NAME|YAML",
-              help="Override the grid's executor: a name (local, process, ray) or a YAML mapping as in a grid, "
+              help="Override the grid's executor: a name (local, process, ray, slurm) or a YAML mapping as in a grid, "
                    "e.g. --executor '{name: ray, options: {address: auto, num_gpus: 1}}'.")
 @click.option("--force", is_flag=True, help="Rerun every cell, even finished ones.")
 @click.option("--rerun-failed", is_flag=True, help="Rerun cells (and localizers) that failed before.")
@@ -179,8 +179,11 @@ def _count_cells(grid: Any) -> int:
               help="Prepared-image cache (default: RESULTS/cache).")
 @click.option("--no-progress", is_flag=True, help="Plain line-by-line output instead of a live display.")
 @click.option("--wait", is_flag=True, help="If another run uses the results directory, wait for it.")
+@click.option("--shard", "shard_text", default=None, metavar="I/N",
+              help="Run only shard I of N (1-based; cells are dealt by a digest of their id). Give each shard its "
+                   "own --results and put them together with 'cxrbench merge'.")
 def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None, force: bool,
-        rerun_failed: bool, cache_dir: Path | None, no_progress: bool, wait: bool) -> None:
+        rerun_failed: bool, cache_dir: Path | None, no_progress: bool, wait: bool, shard_text: str | None) -> None:
     """Run a grid: train every cell, evaluate AUROC and localization, print the leaderboard.
 
     Finished cells are skipped (resume); a failing cell is recorded and the grid goes
@@ -190,8 +193,10 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
     from .driver import fingerprint_datasets, plan_tasks, run_grid
     from .progress import make_progress
     from .reporting import add_plugin_columns, render_tables, rows_from_cells
+    from .shards import Shard
     from .store import ResultsStore
 
+    shard = Shard.parse(shard_text) if shard_text is not None else None
     registry = STATE.registry
     grid = load_grid(grid_file, registry)
     executor_spec = registry.create("executor", _executor_entry(executor), "--executor") if executor else None
@@ -200,6 +205,9 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         from .grid import expand
 
         cells = expand(grid, fingerprint_datasets(cache_root, _warn))
+        total = len(cells)
+        if shard is not None:
+            cells = shard.select(cells)
         statuses: dict[str, str] = {}
         if (results_dir / DB_NAME).exists():
             with ResultsStore(results_dir) as store:
@@ -208,7 +216,8 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
                 pending = {t.cell.cell_id for t in tasks}
         else:
             pending = {c.cell_id for c in cells}
-        table = Table(title=f"grid '{grid.name}': {len(cells)} cells", title_justify="left")
+        title = f"grid '{grid.name}': {len(cells)} cells" + (f" (shard {shard} of its {total})" if shard else "")
+        table = Table(title=title, title_justify="left")
         for col in ("#", "cell", "dataset", "backbone", "head", "seed", "state"):
             table.add_column(col)
         for i, c in enumerate(cells, start=1):
@@ -224,7 +233,7 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         store.acquire_lock(wait=wait)
         display = make_progress(console, enabled=not no_progress)
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
-                           cache_root=cache_root, display=display)
+                           cache_root=cache_root, display=display, shard=shard)
         rows = rows_from_cells(store.cells(grid.name))
     if summary.interrupted:
         _ignore_further_interrupts()
@@ -233,7 +242,8 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)
     localizers = f", {summary.localizers_failed} localizer runs failed" if summary.localizers_failed else ""
-    console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done{localizers} "
+    which = f"shard {shard} ({summary.total} cells): " if shard is not None else ""
+    console.print(f"{which}{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done{localizers} "
                   f"(results in {results_dir})", highlight=False)
     # the exit code tells the state of the whole grid, also of cells that failed in an earlier run
     failed_cells = sorted({r.cell_id for r in rows if r.status != "ok"})
@@ -244,6 +254,58 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
                               f"'{escape(grid.name)}' are failed in the store[/] (rerun them with --rerun-failed)",
                               highlight=False)
         sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@results_option
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
+    """Merge the results directories SOURCES (e.g. the shards of a grid) into --results.
+
+    Every cell record comes with its localizer rows, grid membership and artifact folder
+    (checkpoints, predictions, maps). A cell already ok in --results is kept unless the
+    source's record is ok and newer; a failed record never replaces an ok one. Grids of the
+    same name with different specs are refused. Safe to repeat.
+
+    \b
+      cxrbench run --grid grid.yaml --shard 1/2 --results results/shard1
+      cxrbench run --grid grid.yaml --shard 2/2 --results results/shard2
+      cxrbench merge --results results results/shard1 results/shard2
+    """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
+    from contextlib import ExitStack
+
+    from .merge import merge_results
+    from .store import ResultsStore
+
+    dest = results_dir.resolve()
+    unique: list[Path] = []
+    for source in sources:
+        if not (source / DB_NAME).is_file():
+            raise UsageError(f"{source}: no results store ({DB_NAME}) to merge")
+        if source.resolve() == dest:
+            raise UsageError(f"{source} is the destination (--results) itself; name other directories")
+        if source.resolve() not in {u.resolve() for u in unique}:
+            unique.append(source)
+    with ExitStack() as stack:
+        target = stack.enter_context(ResultsStore(results_dir))
+        target.acquire_lock()
+        stores = [stack.enter_context(ResultsStore(source)) for source in unique]
+        report = merge_results(target, stores)
+        total = len(target.statuses())
+    for store in stores:
+        source = str(store.root)
+        counts = report.counts(source)
+        grids = report.grids.get(source) or []
+        console.print(f"{escape(source)}: {counts['added']} added, {counts['replaced']} replaced, {counts['kept']} "
+                      f"kept" + (f"; new grids: {escape(', '.join(grids))}" if grids else ""), highlight=False)
+        for cell in report.cells:
+            if cell.source == source and cell.action != "kept":
+                console.print(f"  {cell.action} {cell.cell_id} {escape(cell.label)} ({cell.status}; "
+                              f"{cell.reason})", highlight=False)
+    counts = report.counts()
+    console.print(f"merged {len(stores)} result directories into {escape(str(results_dir))}: {counts['added']} "
+                  f"added, {counts['replaced']} replaced, {counts['kept']} kept; it holds {total} cells",
+                  highlight=False)
 
 
 @cli.command()

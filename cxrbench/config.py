@@ -71,6 +71,9 @@ class TrainSpec:
         num_workers: decoding threads when images come from files (no prepared cache);
             None = the CPU count, at most 8. Speed only: not part of a cell's id.
         max_steps_per_epoch: cap on steps per epoch (None = the whole split); for smoke tests.
+        max_eval_images: smoke runs: score at most this many images of every split but
+            ``train`` (validation each epoch, test, localization), the first ones of each
+            split (None = all). Pair it with ``max_steps_per_epoch``.
         threads: torch CPU threads of the cell, whatever the executor (None = the
             executor's: every core in-process, CPU count / workers in ``process``). CPU
             results are bit-identical only under the same threads, device, dtype and
@@ -103,9 +106,12 @@ class TrainSpec:
     eval_batch_size: int | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
+    max_eval_images: int | None = None
     threads: int | None = None
 
     def validate(self) -> None:
+        if self.max_eval_images is not None and self.max_eval_images < 1:
+            raise ValueError(f"max_eval_images must be at least 1 (or null), got {self.max_eval_images}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (or null), got {self.threads}")
         if self.epochs < 1:
@@ -307,8 +313,11 @@ class DeletionSpec:
 
 @dataclasses.dataclass(frozen=True)
 class InsertionSpec(DeletionSpec):
-    """An insertion curve (``localization.sanity.insertion``): the most salient pixels are
-    revealed on the baseline, a blurred copy by default (RISE's insertion substrate)."""
+    """An insertion curve (``localization.sanity.insertion``; Petsiuk et al. 2018, RISE).
+
+    The most salient pixels are revealed on the baseline, a blurred copy of the image by
+    default (RISE's insertion substrate); the options are :class:`DeletionSpec`'s.
+    """
 
     baseline: Literal["mean", "blur", "zero"] = "blur"
 

@@ -20,6 +20,7 @@ from .options import options_to_dict
 from .pipeline import open_dataset
 from .records import CellResult, LocalizerResult
 from .registry import ComponentSpec
+from .shards import Shard
 from .tasks import CellTask, LocalizerTask
 
 
@@ -149,6 +150,7 @@ def run_grid(
     rerun_failed: bool = False,
     cache_root: str | None = None,
     display: RunDisplay | None = None,
+    shard: Shard | None = None,
 ) -> RunSummary:
     """Run every pending cell of ``grid`` and record each result as it arrives.
 
@@ -161,6 +163,8 @@ def run_grid(
         rerun_failed: rerun failed cells (and failed localizers of finished cells).
         cache_root: prepared-image cache root.
         display: receives the run's events (live display, warning lines); None = silent.
+        shard: run only this shard's cells (``--shard I/N``). The store still registers
+            every cell of the grid, in grid order, so merged shards keep the grid's order.
 
     Returns:
         The :class:`RunSummary`; ``interrupted`` is True after Ctrl-C (the cell in
@@ -173,6 +177,8 @@ def run_grid(
     set_plugin_manager(pm)
     cells = expand(grid, fingerprint_datasets(cache_root, lambda message: display.warning(None, message)))
     store.register_grid(grid.name, grid_summary(grid), [c.cell_id for c in cells])
+    if shard is not None:
+        cells = shard.select(cells)
     executor_spec = executor or grid.executor
     # --force keeps the old records until each cell's new one replaces them: an interrupted
     # forced run loses nothing

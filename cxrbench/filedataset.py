@@ -91,11 +91,13 @@ class FileDataset(Dataset):
 
     Class attributes:
         NEUTRAL_OPTIONS: options that change neither the data read (the fingerprint's
-            digest covers that) nor any result. They are left out of the fingerprint,
-            as ``root`` is, so that adding one keeps existing cell ids.
+            digest covers that) nor any result. They are left out of the fingerprint and
+            of cell ids, so that adding one keeps existing cell ids. ``root`` is one: the
+            digest identifies the data wherever it is mounted, so moving a dataset keeps
+            its cells.
     """
 
-    NEUTRAL_OPTIONS: ClassVar[frozenset[str]] = frozenset({"follow_symlinks"})
+    NEUTRAL_OPTIONS: ClassVar[frozenset[str]] = frozenset({"follow_symlinks", "root"})
 
     root: Path
     """The resolved folder image paths are relative to."""

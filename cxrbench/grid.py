@@ -98,7 +98,10 @@ def localizer_key(spec: ComponentSpec, default_threshold: dict | None,
 
 SPEED_ONLY_TRAIN_KEYS = frozenset({"num_workers"})
 
-ID_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"evaluation": {"cutoff": "youden"}, "train": {"threads": None}}
+ID_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "evaluation": {"cutoff": "youden"},
+    "train": {"threads": None, "max_eval_images": None},
+}
 """Settings added after results stores existed: at these values they are left out of a
 cell's id, so the cells of an older store are still found (their numbers were computed
 with exactly these values)."""

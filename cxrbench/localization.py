@@ -341,6 +341,9 @@ def evaluate(
     pair_scores_path: Path | None = None,
     masks: Any = None,
     mask_tune_on: PreparedSplit | None = None,
+    sanity: Any = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Localization metrics of one localizer and the settings that produced them.
 
@@ -369,6 +372,11 @@ def evaluate(
             metrics (:mod:`cxrbench.maskscoring`) are computed in the same localizer pass.
         mask_tune_on: the part whose masks tune the per-class thresholds / cut-offs (needed
             when ``masks.tune`` or ``masks.gate``).
+        sanity: the ``localization.sanity`` settings (:class:`cxrbench.config.SanitySpec`);
+            the checks it switches on (:mod:`cxrbench.sanity`) run on the scored maps and add
+            their metrics to the same row and their stages and curves to ``settings["sanity"]``.
+        autocast_dtype: the cell's autocast dtype, for the sanity checks' forward passes.
+        channels_last: the cell's memory format, for the sanity checks' forward passes.
 
     Returns:
         (metrics, settings): settings holds the policy actually used and how it was chosen.
@@ -426,6 +434,13 @@ def evaluate(
         save_maps(maps_path, run, boxed, class_names)
     metrics["loc_ms_per_image"] = run.ms_per_image
     metrics["loc_images"] = float(run.n_images)
+    if sanity is not None and sanity.active:
+        from .sanity import evaluate_sanity
+
+        sanity_metrics, settings["sanity"] = evaluate_sanity(
+            model, localizer, boxed, run, class_names, sanity, batch_size=batch_size, device=device,
+            dtype=autocast_dtype, channels_last=channels_last, n_boot=n_boot, boot_seed=boot_seed, ci=ci)
+        metrics.update(sanity_metrics)
     if overlay_dir is not None and overlays > 0 and run.n_images:
         from .overlays import save_overlays
 

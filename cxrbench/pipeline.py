@@ -66,6 +66,8 @@ class _CellRun:
         self.classes = list(self.dataset.classes)
         self.eval_batch = task.train.eval_batch_size or 2 * task.train.batch_size
         self._splits: dict[str, Any] = {}
+        self.trained_val_scores: np.ndarray | None = None
+        """The selected epoch's validation scores from training (reused, not predicted again)."""
 
     def split(self, name: str) -> Any:
         """A prepared split, loaded once per cell run."""
@@ -74,8 +76,11 @@ class _CellRun:
         if name not in self._splits:
             self.reporter.progress(Progress("load", 0, 1, detail=name))
             cache = Path(self.task.cache_root) if self.task.cache_root else None
-            self._splits[name] = load_split(self.dataset, name, self.size, cache_root=cache,
-                                            workers=self.task.train.num_workers)
+            data = load_split(self.dataset, name, self.size, cache_root=cache, workers=self.task.train.num_workers)
+            cap = getattr(self.task.train, "max_eval_images", None)
+            if cap and name != "train" and len(data) > cap:  # a smoke run: the first images only
+                data = data.subset(np.arange(cap), name)
+            self._splits[name] = data
         return self._splits[name]
 
     def has_split(self, name: str) -> bool:
@@ -119,6 +124,7 @@ class _CellRun:
                            "training": training}, best)
         self.artifacts.last.unlink(missing_ok=True)  # best.pt now holds what a resume needs
         info.update(training)
+        self.trained_val_scores = outcome.val_scores
         self.drop("train")
 
     def _load_best(self, best: Path) -> dict[str, Any]:
@@ -154,8 +160,12 @@ class _CellRun:
         info["inference_images_per_s"] = len(test) / max(time.perf_counter() - t0, 1e-9)
         val_scores = None
         if val is not None and len(val):
-            val_scores = predict(model, val, self.eval_batch, self.device, dtype=self.dtype,
-                                 progress=self.reporter.progress, detail="val")
+            reuse = self.trained_val_scores
+            if reuse is not None and reuse.shape == (len(val), len(self.classes)):
+                val_scores, info["val_scores_from_training"] = reuse, True
+            else:
+                val_scores = predict(model, val, self.eval_batch, self.device, dtype=self.dtype,
+                                     progress=self.reporter.progress, detail="val")
         labels = np.asarray(test.split.labels, dtype=np.float32)
         metrics = classification_metrics(
             labels, scores, self.classes,
@@ -234,7 +244,8 @@ class _CellRun:
                 ci=evaluation.ci, maps_path=self.artifacts.maps(lt.key) if spec.save_maps else None,
                 pair_scores_path=self.artifacts.pair_scores(lt.key),
                 masks=spec.masks, mask_tune_on=tune_on if _tunes_masks(spec) else None,
-                sanity=spec.sanity, autocast_dtype=self.dtype, channels_last=_channels_last(self.task.train, self.device),
+                sanity=spec.sanity, autocast_dtype=self.dtype,
+                channels_last=_channels_last(self.task.train, self.device),
             )
             settings = {**settings, **protocol, "options": options_to_dict(lt.spec.options), "split": spec.split,
                         "hit_tolerance": spec.hit_tolerance, "hit_tolerance_unit": "original image pixels",

@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,46 @@ MIGRATIONS = (
 """Columns added after the first stores were written: added in place when an older store opens."""
 
 
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+    "fuse.sshfs", "fuse.ceph", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.rclone",
+})
+"""Filesystems where SQLite's WAL mode is unsafe (its shared-memory index needs one host's memory)."""
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (from ``/proc/mounts``), or None where unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = str(Path(path).resolve())
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def journal_mode_for(root: Path) -> str:
+    """``WAL`` on a local disk, ``DELETE`` (a rollback journal) on a network filesystem.
+
+    SQLite documents WAL as unsafe on network filesystems. ``CXRBENCH_SQLITE_JOURNAL``
+    (``wal`` or ``delete``) overrides the detection.
+    """
+    forced = os.environ.get("CXRBENCH_SQLITE_JOURNAL", "").strip().upper()
+    if forced in ("WAL", "DELETE"):
+        return forced
+    kind = filesystem_type(root)
+    return "DELETE" if kind is not None and kind.lower() in NETWORK_FILESYSTEMS else "WAL"
+
+
 class ResultsStore:
     """The SQLite database and artifact folders under one results directory.
 
@@ -97,7 +137,8 @@ class ResultsStore:
                              "(delete it to start a new store)")
         try:
             self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self.journal_mode = journal_mode_for(self.root)
+            self._conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
             self._migrate()
@@ -191,14 +232,19 @@ class ResultsStore:
                 [(name, cid, i) for i, cid in enumerate(cell_ids)],
             )
 
-    def write_result(self, grid: str, result: CellResult, *, replace_localizations: bool = False) -> None:
+    def write_result(self, grid: str | None, result: CellResult, *, replace_localizations: bool = False,
+                     before_commit: Callable[[], None] | None = None) -> None:
         """Write one finished cell and all its localizer rows atomically.
 
         Args:
-            grid: the grid the cell ran for.
+            grid: the grid the cell ran for (None: no grid membership is added, as for a
+                merged cell whose memberships are copied on their own).
             result: the cell's result (checked before anything is written).
             replace_localizations: drop the cell's earlier localizer rows first (a retrained
                 model makes them stale); done in the same transaction, so a crash keeps the old ones.
+            before_commit: called inside the transaction, after the rows are written; if it
+                raises, nothing is written (``cxrbench merge`` moves the cell's artifacts into
+                place there, so a record and its files arrive together).
 
         Raises:
             ValueError: for a malformed result (nothing is written).
@@ -222,11 +268,12 @@ class ResultsStore:
                     dumps(list(result.warnings)),
                 ),
             )
-            conn.execute(
-                "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, "
-                "(SELECT COALESCE(MAX(position), -1) + 1 FROM grid_cells WHERE grid = ?))",
-                (grid, result.cell_id, grid),
-            )
+            if grid is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, "
+                    "(SELECT COALESCE(MAX(position), -1) + 1 FROM grid_cells WHERE grid = ?))",
+                    (grid, result.cell_id, grid),
+                )
             for loc in result.localizations:
                 conn.execute(
                     """INSERT OR REPLACE INTO localizations(cell_id, localizer_key, localizer, status, error,
@@ -234,6 +281,8 @@ class ResultsStore:
                     (result.cell_id, loc.key, loc.name, loc.status, loc.error, dumps(loc.metrics),
                      dumps(loc.settings), loc.traceback),
                 )
+            if before_commit is not None:
+                before_commit()
 
     # ------------------------------------------------------------------ reads
 
@@ -322,3 +371,30 @@ class ResultsStore:
             return self._cells("ORDER BY c.finished_at")
         return self._cells("JOIN grid_cells g ON g.cell_id = c.cell_id WHERE g.grid = ? ORDER BY g.position",
                            (grid,), grid=grid)
+
+    def grid_cell_ids(self, name: str) -> list[str]:
+        """Every cell id registered for grid ``name``, in grid order, recorded or not."""
+        rows = self._conn.execute("SELECT cell_id FROM grid_cells WHERE grid = ? ORDER BY position", (name,))
+        return [row[0] for row in rows]
+
+    def add_grid_members(self, name: str, spec: dict[str, Any] | None, cell_ids: Iterable[str]) -> list[str]:
+        """Add cells to grid ``name`` without dropping any it has (unlike :meth:`register_grid`).
+
+        The spec is stored only when the store does not know the grid yet; new members are
+        appended after the existing ones, in the order given.
+
+        Returns:
+            The cell ids that were not members before.
+
+        """
+        with self.transaction() as conn:
+            if spec is not None:
+                conn.execute("INSERT OR IGNORE INTO grids(name, spec, updated_at) VALUES (?, ?, ?)",
+                             (name, dumps(spec), time.time()))
+            have = {row[0] for row in conn.execute("SELECT cell_id FROM grid_cells WHERE grid = ?", (name,))}
+            start = conn.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM grid_cells WHERE grid = ?",
+                                 (name,)).fetchone()[0]
+            added = [cid for cid in dict.fromkeys(cell_ids) if cid not in have]
+            conn.executemany("INSERT INTO grid_cells(grid, cell_id, position) VALUES (?, ?, ?)",
+                             [(name, cid, start + i) for i, cid in enumerate(added)])
+        return added

@@ -187,6 +187,9 @@ class TrainOutcome:
     history: list[dict[str, Any]]
     train_images_per_s: float
     resumed_from_epoch: int = 0
+    val_scores: np.ndarray | None = None
+    """The kept epoch's validation scores (N x K), when this run computed them: the trained
+    model's, so the cell need not predict the validation split again."""
 
 
 # --------------------------------------------------------------------------- resume state
@@ -446,13 +449,14 @@ class _Setup:
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), loader)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Validation:
     """The split that selects the best epoch, with its labels read once."""
 
     data: PreparedSplit
     labels: np.ndarray
     batch_size: int
+    last_scores: np.ndarray | None = None
 
     @classmethod
     def create(cls, val_data: PreparedSplit | None, spec: TrainSpec) -> _Validation | None:
@@ -466,6 +470,7 @@ class _Validation:
         """The validation mean AUROC of ``model`` (NaN when no class has both labels)."""
         scores = predict(model, self.data, self.batch_size, setup.device, dtype=setup.dtype,
                          channels_last=setup.channels_last)
+        self.last_scores = scores
         return mean_auroc(self.labels, scores)
 
 
@@ -564,6 +569,7 @@ def train_model(
     validation = _Validation.create(val_data, spec)
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     start, history, selection = 0, [], Selection()
+    kept_val_scores: np.ndarray | None = None
     if last_path is not None and last_path.exists():
         start, history, selection = _resume(last_path, model, setup)
 
@@ -580,6 +586,8 @@ def train_model(
             score = record["val_auroc_mean"] = validation.score(model, setup)
         history.append(record)
         selection.update(epoch, score, model, copy_weights=validation is not None)
+        if validation is not None and selection.best_epoch == epoch:
+            kept_val_scores = validation.last_scores
         if last_path is not None:
             TrainState.capture(epoch, history, selection, model, setup.optimizer, setup.scheduler,
                                setup.loader).save(last_path)
@@ -591,4 +599,5 @@ def train_model(
     if selection.best_model is not None:
         model.load_state_dict(selection.best_model)
     rate = images / seconds if seconds > 0 else float("nan")
-    return TrainOutcome(selection.best_epoch, len(history), history, rate, resumed_from_epoch=start)
+    return TrainOutcome(selection.best_epoch, len(history), history, rate, resumed_from_epoch=start,
+                        val_scores=kept_val_scores)

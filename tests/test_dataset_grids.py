@@ -128,3 +128,31 @@ def test_chexpert_cell_on_the_phantom_layout(pm, registry, chexpert_root, tmp_pa
     labels = predictions["labels"]
     assert labels.shape[1] == 2 and np.isin(labels, [0.0, 1.0]).all()
     assert (labels == 1).any(axis=0).all() and (labels == 0).any(axis=0).all()
+
+
+def test_moving_a_dataset_keeps_its_cell_ids(tmp_path):
+    """Cell ids follow the data's fingerprint, not the folder it is mounted at."""
+    import shutil
+
+    from cxrbench_phantom.export import write_nih_layout
+
+    from cxrbench.config import parse_grid
+    from cxrbench.driver import fingerprint_datasets
+    from cxrbench.grid import expand
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.registry import Registry
+
+    first = write_nih_layout(tmp_path / "a" / "nih", num_images=12, image_size=32, seed=1)
+    moved = tmp_path / "b" / "elsewhere"
+    shutil.copytree(first, moved)
+    registry = Registry.from_plugin_manager(build_plugin_manager())
+    ids = []
+    for root in (first, moved):
+        grid = parse_grid({"name": "g", "datasets": [{"name": "nih", "options": {"root": str(root)}}],
+                           "backbones": ["resnet18"], "heads": ["avg"]}, registry)
+        ids.append(expand(grid, fingerprint_datasets(None, lambda m: None))[0].cell_id)
+    assert ids[0] == ids[1]
+    (moved / "Data_Entry_2017_v2020.csv").write_text((moved / "Data_Entry_2017_v2020.csv").read_text() + "\n")
+    grid = parse_grid({"name": "g", "datasets": [{"name": "nih", "options": {"root": str(moved)}}],
+                       "backbones": ["resnet18"], "heads": ["avg"]}, registry)
+    assert expand(grid, fingerprint_datasets(None, lambda m: None))[0].cell_id != ids[0]  # other data, other id

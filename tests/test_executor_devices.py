@@ -106,14 +106,21 @@ def test_ray_without_an_address_starts_a_fresh_local_instance(monkeypatch):
         is_initialized=lambda: False,
         init=lambda **kw: calls.update(kw),
         cluster_resources=lambda: {"CPU": 2.0},
-        remote=lambda **kw: (lambda fn: calls.update(remote=kw) or types.SimpleNamespace(remote=lambda t: "ref-1")),
-        wait=lambda refs, num_returns: (refs[:1], refs[1:]),
+        remote=lambda **kw: (lambda fn: calls.update(remote=kw) or types.SimpleNamespace(remote=lambda *args: "ref-1")),
+        wait=lambda refs, num_returns, timeout=None: (refs[:1], refs[1:]),
         get=lambda ref: (_ for _ in ()).throw(RuntimeError("stop")),
         cancel=lambda ref, force: None,
         shutdown=lambda: calls.update(shutdown=True),
+        get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "driver-node"),
     )
+    queue_module = types.SimpleNamespace(Queue=lambda **kw: types.SimpleNamespace(), Empty=Exception)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    executor = cxrbench_ray.RayExecutor(cxrbench_ray.RayOptions(init={"namespace": "cxr"}))
+    monkeypatch.setitem(sys.modules, "ray.util", types.SimpleNamespace(queue=queue_module))
+    monkeypatch.setitem(sys.modules, "ray.util.queue", queue_module)
+    monkeypatch.setitem(sys.modules, "ray.util.scheduling_strategies", types.SimpleNamespace(
+        NodeAffinitySchedulingStrategy=lambda node, soft: ("affinity", node)))
+    monkeypatch.setattr(cxrbench_ray, "_drain", lambda queue: [])
+    executor = cxrbench_ray.RayExecutor(cxrbench_ray.RayOptions(init={"namespace": "cxr"}, artifacts="shared"))
     task = types.SimpleNamespace(cell_id="c1", cell=types.SimpleNamespace(cell_id="c1"))
     results = []
     monkeypatch.setattr(cxrbench_ray, "failed_result", lambda t, msg, tb=None: types.SimpleNamespace(

@@ -89,3 +89,35 @@ def test_an_empty_test_split_fails_the_cell(toy_pm, toy_registry, tiny_grid_dict
         run_grid(grid, toy_pm, store)
         (cell,) = store.cells(grid.name)
     assert not cell.ok and "empty test split" in cell.error
+
+
+def test_validation_is_predicted_once_and_reused_after_training(toy_pm, toy_registry, tiny_grid_dict, tmp_path,
+                                                                monkeypatch):
+    """The kept epoch's validation scores are the trained model's: reusing them changes no number."""
+    import dataclasses
+
+    import cxrbench.training
+
+    grid = parse_grid(_grid(tiny_grid_dict, []), toy_registry)
+    with ResultsStore(tmp_path / "reused") as store:
+        run_grid(grid, toy_pm, store)
+        (reused,) = store.cells(grid.name)
+    real = cxrbench.training.train_model
+    monkeypatch.setattr(cxrbench.training, "train_model",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), val_scores=None))
+    with ResultsStore(tmp_path / "predicted") as store:
+        run_grid(grid, toy_pm, store)
+        (predicted,) = store.cells(grid.name)
+    assert reused.info["val_scores_from_training"] is True and "val_scores_from_training" not in predicted.info
+    assert reused.metrics == predicted.metrics  # cut-offs chosen on val: the same, to the bit
+
+
+def test_max_eval_images_caps_every_split_but_train(toy_pm, toy_registry, tiny_grid_dict, tmp_path):
+    tiny_grid_dict["train"].update(max_eval_images=5, max_steps_per_epoch=1)
+    grid = parse_grid(_grid(tiny_grid_dict, ["cam"]), toy_registry)
+    with ResultsStore(tmp_path) as store:
+        run_grid(grid, toy_pm, store)
+        (cell,) = store.cells(grid.name)
+        predictions = __import__("numpy").load(store.artifacts(cell.cell_id).predictions)
+    assert cell.ok and len(predictions["ids"]) == 5
+    assert cell.localizations[0].metrics["loc_images"] <= 5

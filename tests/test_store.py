@@ -1,4 +1,5 @@
 import sqlite3
+from pathlib import Path
 
 import pytest
 from helpers import store_records
@@ -113,3 +114,24 @@ def test_resolve_cell_id_prefixes(tmp_path):
             store.resolve("ab")
         with pytest.raises(UsageError, match="no cells match 'zz'"):
             store.resolve("zz")
+
+
+def test_the_store_uses_a_rollback_journal_on_network_filesystems(tmp_path, monkeypatch):
+    from cxrbench.store import ResultsStore, filesystem_type, journal_mode_for
+
+    mounts = ("/dev/sda1 / ext4 rw 0 0\n"
+              "server:/export /mnt/shared nfs4 rw 0 0\n"
+              "//nas/share /mnt/my\\040nas cifs rw 0 0\n")
+    assert filesystem_type(Path("/mnt/shared/results"), mounts) == "nfs4"
+    assert filesystem_type(Path("/mnt/my nas/r"), mounts) == "cifs"
+    assert filesystem_type(Path("/mnt/sharedness"), mounts) == "ext4"  # a prefix of a name is not a mount
+    import cxrbench.store as store_module
+
+    monkeypatch.setattr(store_module, "filesystem_type", lambda path: "nfs4")
+    assert journal_mode_for(tmp_path) == "DELETE"
+    with ResultsStore(tmp_path / "on-nfs") as store:
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    monkeypatch.setattr(store_module, "filesystem_type", lambda path: "ext4")
+    assert journal_mode_for(tmp_path) == "WAL"
+    monkeypatch.setenv("CXRBENCH_SQLITE_JOURNAL", "delete")
+    assert journal_mode_for(tmp_path) == "DELETE"

@@ -8,6 +8,7 @@ points, so every machine of the cluster needs the same packages installed.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import socket
 import tempfile
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import cxrbench
-from cxrbench.api import Executor, RunEvents, UsageError, execute_cell, failed_result
+from cxrbench.api import Event, Executor, QueueEvents, RunEvents, UsageError, execute_cell, failed_result, one_line
+
+from .keeper import ArtifactKeeper, write_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,13 @@ class RayOptions:
             failing with one line.
         init: more ``ray.init`` keyword arguments, e.g. ``{namespace: cxr, runtime_env:
             {env_vars: {OMP_NUM_THREADS: "4"}}}``.
+        artifacts: ``driver`` (default): each cell runs in a temporary folder on its node
+            and its files (checkpoints, predictions, maps; ``last.pt`` after every epoch)
+            are written to the driver's results folder by an actor on the driver's node, so
+            no shared filesystem is needed and a retry on another node resumes from the last
+            epoch; ``shared``: cells write to the results folder directly (it must be
+            mounted at the same path on every node).
+        resources: custom Ray resources each cell needs, e.g. ``{gpu_node: 1}``.
 
     """
 
@@ -49,6 +59,8 @@ class RayOptions:
     local_cpus: int | None = None
     connect_timeout_s: float = 30.0
     init: dict | None = None
+    artifacts: str = "driver"
+    resources: dict | None = None
 
     def validate(self) -> None:
         if self.num_cpus <= 0:
@@ -58,6 +70,11 @@ class RayOptions:
             raise ValueError(f"num_gpus must be 'auto' or a number >= 0, got {self.num_gpus!r}")
         if not self.connect_timeout_s > 0:
             raise ValueError("connect_timeout_s must be positive")
+        if self.artifacts not in ("driver", "shared"):
+            raise ValueError(f"artifacts must be 'driver' or 'shared', got {self.artifacts!r}")
+        if self.artifacts == "driver" and str(self.address or "").startswith("ray://"):
+            raise ValueError("artifacts: 'driver' needs the driver on a cluster node; with Ray Client "
+                             "(ray://) use artifacts: shared and a results folder every node mounts")
         reserved = {"address", "num_cpus", "num_gpus"} & set(self.init or {})
         if reserved:
             raise ValueError(f"init: set {', '.join(sorted(reserved))} with the executor's own options")
@@ -101,16 +118,74 @@ def check_reachable(address: str, timeout_s: float) -> None:
                      f"{timeout_s:g} s: {type(last).__name__ if last else 'timeout'}; is the cluster up?")
 
 
-def _cell_on_granted_devices(task: Any, events: Any = None) -> Any:
-    """``execute_cell`` on the devices Ray granted: no GPU granted means the CPU."""
+PROGRESS_EVERY_S = 0.5
+"""Batch progress is relayed at most this often per cell (epoch ends and warnings always)."""
+
+
+class NodeEvents(QueueEvents):
+    """A cell's run events on a worker node: relayed live to the driver through a Ray queue.
+
+    With a keeper, ``last.pt`` is also sent to the driver's disk after every epoch (the
+    progress report comes after the save), so a retry on another node resumes from it.
+    """
+
+    def __init__(self, queue: Any, keeper: Any = None, cell_dir: str = "", local_dir: Path | None = None) -> None:
+        super().__init__(queue)
+        self.keeper, self.cell_dir, self.local_dir = keeper, cell_dir, local_dir
+        self._last_progress = 0.0
+
+    def progress(self, cell_id: str, progress: Any) -> None:
+        now = time.monotonic()
+        if progress.epoch_end and self.keeper is not None and self.local_dir is not None:
+            import ray
+
+            last = self.local_dir / "last.pt"
+            if last.is_file():
+                ray.get(self.keeper.store.remote(self.cell_dir, {"last.pt": last.read_bytes()}))
+        if progress.epoch_end or now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            super().progress(cell_id, progress)
+
+
+def _on_granted_devices(task: Any) -> Any:
+    """The task on the devices Ray granted (no GPU granted: the CPU), or a failed result."""
     import ray
 
-    if not ray.get_gpu_ids():
-        if task.train.device == "cuda":
-            return failed_result(task, "train.device is 'cuda' but Ray gave this cell no GPU: set the ray "
-                                       "executor's num_gpus (e.g. 1)")
-        task = dataclasses.replace(task, train=dataclasses.replace(task.train, device="cpu"))
-    return execute_cell(task) if events is None else execute_cell(task, events)
+    if ray.get_gpu_ids():
+        return task
+    if task.train.device == "cuda":
+        return failed_result(task, "train.device is 'cuda' but Ray gave this cell no GPU: set the ray "
+                                   "executor's num_gpus (e.g. 1)")
+    return dataclasses.replace(task, train=dataclasses.replace(task.train, device="cpu"))
+
+
+def run_on_node(task: Any, queue: Any = None, keeper: Any = None) -> Any:
+    """One cell on a Ray worker: in a node-local folder synchronised through ``keeper``, or in place.
+
+    Without a keeper (``artifacts: shared``) the cell writes to its folder directly, which
+    must then be on a filesystem every node mounts at the same path.
+    """
+    import ray
+
+    task = _on_granted_devices(task)
+    if not hasattr(task, "cell"):  # a failed result
+        return task
+    events = NodeEvents(queue) if queue is not None else RunEvents()
+    if keeper is None:
+        return execute_cell(task, events)
+    local = Path(tempfile.mkdtemp(prefix=f"cxrbench-{task.cell_id}-"))
+    try:
+        keeper_files = ray.get(keeper.fetch.remote(task.cell_dir))
+        write_files(str(local), keeper_files)
+        if queue is not None:
+            events = NodeEvents(queue, keeper, task.cell_dir, local)
+        result = execute_cell(dataclasses.replace(task, cell_dir=str(local)), events)
+        files = {p.relative_to(local).as_posix(): p.read_bytes() for p in sorted(local.rglob("*")) if p.is_file()}
+        ray.get(keeper.store.remote(task.cell_dir, files, True))
+        return dataclasses.replace(result, info={**result.info, "ran_on": ray.get_runtime_context().get_node_id(),
+                                                 "artifacts_sent": len(files)})
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def _import_ray() -> Any:
@@ -146,23 +221,42 @@ class RayExecutor(Executor):
         num_gpus = opts.num_gpus
         if num_gpus == "auto":
             num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=num_gpus, max_retries=opts.max_retries)(
-            _cell_on_granted_devices)
+        remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=num_gpus, max_retries=opts.max_retries,
+                            resources=dict(opts.resources or {}))(run_on_node)
+        from ray.util.queue import Queue
+
+        # the queue and the keeper live on the driver's node: a worker node's death must not take them along
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": _this_node(ray)})
+        keeper = _keeper_on_this_node(ray) if opts.artifacts == "driver" else None
         refs: dict[Any, Any] = {}
+        finished: set[str] = set()
+        warned: dict[str, int] = {}
+
+        def relay() -> None:
+            for event in _drain(queue):
+                cell = event.args[0] if event.args else None
+                if isinstance(event, Event) and cell not in finished:
+                    if event.kind == "warning":
+                        warned[cell] = warned.get(cell, 0) + 1
+                    event.deliver(events)
+
         try:
             for task in tasks:
-                refs[remote.remote(task)] = task
+                refs[remote.remote(task, queue, keeper)] = task
                 events.cell_started(task.cell_id, "ray")
             while refs:
-                done, _ = ray.wait(list(refs), num_returns=1)
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+                relay()
                 for ref in done:
                     task = refs.pop(ref)
                     try:
                         result = ray.get(ref)
                     except Exception as exc:  # the task's worker died: record the cell, go on
-                        result = failed_result(task, f"ray task failed: {type(exc).__name__}: {exc}",
-                                               traceback.format_exc())
-                    for message in result.warnings:  # Ray tasks do not relay events live
+                        result = failed_result(task, f"ray task failed: {one_line(type(exc).__name__)}: "
+                                                     f"{one_line(str(exc))[:300]}", traceback.format_exc())
+                    relay()
+                    finished.add(task.cell_id)
+                    for message in result.warnings[warned.get(task.cell_id, 0):]:  # not relayed live
                         events.warning(task.cell_id, message)
                     on_result(result)
         except BaseException:
@@ -172,6 +266,30 @@ class RayExecutor(Executor):
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def _drain(queue: Any) -> list[Any]:
+    from ray.util.queue import Empty
+
+    items = []
+    while True:
+        try:
+            items.append(queue.get_nowait())
+        except Empty:
+            return items
+        except Exception:  # the queue's actor is gone: live events stop, results still arrive
+            return items
+
+
+def _this_node(ray: Any) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _keeper_on_this_node(ray: Any) -> Any:
+    """The artifact keeper actor, pinned to the driver's node (it writes the driver's disk)."""
+    return ray.remote(num_cpus=0, scheduling_strategy=_this_node(ray))(ArtifactKeeper).remote()
 
 
 @cxrbench.hookimpl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -36,6 +37,20 @@ def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bool], dic
     )
 
 
+def _bit_identical(a: Tensor, b: Tensor) -> bool:
+    """Same dtype, shape, device and bytes (``torch.equal`` calls NaN unequal and -0.0 equal to 0.0)."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    return torch.equal(a.detach().contiguous().view(-1).view(torch.uint8), b.detach().contiguous().view(-1)
+                       .view(torch.uint8))
+
+
+def _storage(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``(id, data_ptr)`` of every parameter and buffer: a localizer may not replace or reallocate them."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {name: (id(t), t.data_ptr()) for name, t in tensors.items()}
+
+
 def _changed(before: dict[str, bool], after: dict[str, bool]) -> list[str]:
     """The keys of ``before`` whose value is not the same in ``after`` (sorted)."""
     return sorted(k for k in before if after.get(k) != before[k])
@@ -48,9 +63,11 @@ def _inplace_flags(model: nn.Module) -> dict[str, bool]:
 
 class LocalizerContract(ComponentContract):
     """Contract checks for a localizer: shape, [0, 1] range and device of the maps; the
-    model left exactly as found (modes, flags, weights, BatchNorm statistics, no
-    gradients, no hooks); all classes in one call equal to one class at a time; batch
-    invariance; determinism; frozen models and ``no_grad`` callers.
+    model left exactly as found (modes, flags, weights and BatchNorm statistics bit for bit,
+    the same tensors, no gradients, no hooks); nothing carried from one model to the next
+    (the model-parameter randomisation test explains randomised copies with the same
+    instance); all classes in one call equal to one class at a time; batch invariance;
+    determinism; frozen models and ``no_grad`` callers.
 
     Runs on :func:`tiny_classifier` (a linear head, or a logit-map head when the
     localizer needs one); override :meth:`make_model` for another model.
@@ -115,6 +132,7 @@ class LocalizerContract(ComponentContract):
             p.requires_grad_(False)
         state, modes, flags = _snapshot(model)
         inplace = _inplace_flags(model)
+        storage = _storage(model)
         self.run(model)
         after_state, after_modes, after_flags = _snapshot(model)
         changed_modes = _changed(modes, after_modes)
@@ -123,10 +141,34 @@ class LocalizerContract(ComponentContract):
         assert not changed_flags, f"requires_grad changed for {changed_flags[:5]}"
         changed_inplace = _changed(inplace, _inplace_flags(model))
         assert not changed_inplace, f"inplace flags changed for {changed_inplace[:5]}"
-        changed_state = [k for k, v in state.items() if not torch.equal(after_state[k], v)]
-        assert not changed_state, f"weights or buffers changed: {changed_state[:5]}"
+        changed_state = [k for k, v in state.items() if k not in after_state or not _bit_identical(after_state[k], v)]
+        assert not changed_state and set(after_state) == set(state), f"weights or buffers changed: {changed_state[:5]}"
+        moved = _changed(storage, _storage(model))
+        assert not moved, f"parameters or buffers replaced or reallocated: {moved[:5]}"
         with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
         assert not with_grad, f"parameter gradients left behind: {with_grad[:5]}"
+
+    def test_no_state_carried_between_models(self) -> None:
+        """The model-parameter randomisation test explains a trained model, then randomised copies of it.
+
+        So one localizer instance must give each model its own maps (nothing cached from the
+        model it saw first), and the model must still deep-copy after a call (nothing left on
+        it that ``copy.deepcopy`` refuses, such as a tensor holding an autograd graph).
+        """
+        from ...randomisation import model_blocks, randomise_block
+
+        trained, images = self.make_model(), self.images()
+        localizer = self.localizer()
+        classes = list(self.classes)
+        first = localizer(trained, images, classes)
+        randomised = copy.deepcopy(trained)
+        for block in model_blocks(randomised):
+            randomise_block(block, seed=0)
+        of_randomised = localizer(randomised, images, classes)
+        torch.testing.assert_close(of_randomised, self.localizer()(randomised, images, classes), atol=self.atol,
+                                   rtol=1e-4, msg="a localizer that explained another model first gives other maps")
+        torch.testing.assert_close(localizer(trained, images, classes), first, atol=self.atol, rtol=1e-4,
+                                   msg="a model's maps changed after the localizer explained another model")
 
     def test_no_hooks_left(self) -> None:
         model = self.make_model()
