@@ -229,8 +229,13 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
                       f"executor: {(executor_spec or grid.executor).name}", highlight=False)
         return
-    with ResultsStore(results_dir) as store:
+    from .pipeline import shared_datasets
+
+    with ResultsStore(results_dir) as store, shared_datasets():  # each dataset root scanned once per run
         store.acquire_lock(wait=wait)
+        if grid.prepare:  # decode once into the shared cache: no cell then holds a decoded split in RAM
+            _prepare_grid(grid, Path(cache_root), None, tuple(dict.fromkeys(RUN_SPLITS + (grid.localization.split,))),
+                          quiet=True)
         display = make_progress(console, enabled=not no_progress)
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
                            cache_root=cache_root, display=display, shard=shard)
@@ -648,27 +653,49 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
     Resumable: an interrupted prepare continues where it stopped. Unreadable files are
     reported by name and skipped.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .config import load_grid
-    from .data import prepare_split
-    from .pipeline import input_size, open_dataset
 
     grid = load_grid(grid_file, STATE.registry)
-    cache_root = cache_dir or results_dir / "cache"
+    failures = _prepare_grid(grid, cache_dir or results_dir / "cache", workers, splits)
+    if failures:
+        sys.exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+RUN_SPLITS = ("train", "val", "test", "boxes")
+"""The splits ``run`` prepares before its cells (those a cell reads)."""
+
+
+def _prepare_grid(grid: Any, cache_root: Path, workers: int | None, splits: tuple[str, ...], *,
+                  quiet: bool = False) -> int:
+    """Decode every image of the grid's datasets into the cache (resumable); returns unreadable files.
+
+    With ``quiet`` (before ``run``) only the splits each dataset has are prepared, and a
+    split already cached is passed over without a line.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .data import open_cache, prepare_split
+    from .pipeline import input_size, open_dataset
+
     failures = 0
     for spec in grid.datasets:
         dataset = open_dataset(spec, cache_root, _warn)
         size = input_size(grid.train, dataset)
         unknown = [name for name in splits if name not in dataset.split_names]
-        if unknown:  # before decoding anything, not after the splits listed first
+        if unknown and not quiet:  # before decoding anything, not after the splits listed first
             raise UsageError(f"dataset '{spec.name}' has no split {unknown[0]!r} "
                              f"(splits: {', '.join(dataset.split_names)})")
-        for split_name in splits or dataset.split_names:
+        wanted = [s for s in (splits or dataset.split_names) if s in dataset.split_names]
+        for split_name in wanted:
+            if quiet and open_cache(dataset, split_name, size, cache_root) is not None:
+                continue
             total = len(dataset.split(split_name))
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console, disable=not console.is_terminal) as bars:
-                task = bars.add_task(f"{spec.label()} {split_name} @ {size}px", total=total)
+                task = bars.add_task(f"prepare {spec.label()} {split_name} @ {size}px", total=total)
                 report = prepare_split(dataset, split_name, size, cache_root, workers=workers,
                                        progress=lambda n, t=task: bars.advance(t, n))
             for image_id, error in report.failed:
@@ -676,14 +703,11 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
                 err_console.print("[red]unreadable:[/] " + escape(one_line(f"{image_id}: {error}")), highlight=False,
                                   soft_wrap=True)
             failures += len(report.failed)
-            console.print(f"{spec.label()} {split_name}: {report.decoded} decoded, {report.already_done} already "
-                          f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False,
-                          soft_wrap=True)
-    if failures:
-        sys.exit(EXIT_FAILED)
-
-
-# --------------------------------------------------------------------------- entry point
+            if not quiet or report.failed:
+                console.print(f"{spec.label()} {split_name}: {report.decoded} decoded, {report.already_done} already "
+                              f"cached, {len(report.failed)} unreadable -> {report.folder}", highlight=False,
+                              soft_wrap=True)
+    return failures
 
 
 def _open_results(results_dir: Path) -> Any:

@@ -33,6 +33,7 @@ GRID_KEYS = {
     "localization": "heatmap-to-box settings (threshold policy, tuning, ...)",
     "executor": "executor name or {name, options}",
     "exclude": "list of partial combinations to drop, e.g. {backbone: densenet121, head: max}",
+    "prepare": "true (default): 'run' decodes every image once into the shared uint8 cache first",
 }
 
 AXES = ("dataset", "backbone", "head", "seed")
@@ -441,6 +442,7 @@ class GridSpec:
     exclude: tuple[dict[str, Any], ...] = ()
     description: str = ""
     source: str | None = None
+    prepare: bool = True
 
 
 MAX_GRID_NODES = 100_000
@@ -631,9 +633,13 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
                     f"{value!r} is not in the grid's {axis}s "
                     f"({', '.join(map(str, sorted(axis_names[axis], key=str)))})",
                 )
+    prepare = raw.get("prepare", True)
+    if not isinstance(prepare, bool):
+        raise ConfigError("prepare", f"expected true or false, got {prepare!r}")
     return GridSpec(
         name=name,
         description=description,
+        prepare=prepare,
         seeds=tuple(seeds_raw),
         datasets=datasets,
         backbones=backbones,

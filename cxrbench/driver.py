@@ -17,7 +17,7 @@ from .errors import UsageError
 from .events import RunEvents
 from .grid import Cell, expand, localizer_key
 from .options import options_to_dict
-from .pipeline import open_dataset
+from .pipeline import open_dataset, shared_datasets
 from .records import CellResult, LocalizerResult
 from .registry import ComponentSpec
 from .shards import Shard
@@ -171,6 +171,14 @@ def run_grid(
         flight is lost, every finished one is stored).
 
     """
+    with shared_datasets():
+        return _run_grid(grid, pm, store, executor=executor, force=force, rerun_failed=rerun_failed,
+                         cache_root=cache_root, display=display, shard=shard)
+
+
+def _run_grid(grid: GridSpec, pm: Any, store: Any, *, executor: ComponentSpec | None, force: bool,
+              rerun_failed: bool, cache_root: str | None, display: RunDisplay | None,
+              shard: Shard | None) -> RunSummary:
     from .manager import set_plugin_manager
 
     display = display or RunDisplay()

@@ -9,9 +9,13 @@ a :class:`~cxrbench.records.CellResult` and reports through the cell's
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import json
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,65 @@ from .registry import ComponentSpec
 from .tasks import CellTask, LocalizerTask
 
 
+class _WarnRelay:
+    """A dataset's ``warn``: forwards to whoever opened it last, and replays what it said to each new opener.
+
+    A dataset shared by the cells of a run warns while it is built (e.g. "12 images
+    missing"), once; every cell that opens it still records those warnings.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.said: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.said.append(message)
+        if self.target is not None:
+            self.target(message)
+
+    def attach(self, target: Any) -> None:
+        self.target = target
+        if target is not None:
+            for message in self.said:
+                target(message)
+
+
+_SHARED_DATASETS: contextvars.ContextVar[dict[str, tuple[Dataset, _WarnRelay]] | None] = contextvars.ContextVar(
+    "cxrbench_shared_datasets", default=None)
+
+
+@contextlib.contextmanager
+def shared_datasets() -> Iterator[None]:
+    """Within this block, each dataset choice is built (its root scanned) once and shared.
+
+    ``run`` opens every dataset to fingerprint it, to prepare its cache and in every cell
+    run in this process; a full NIH root takes seconds to scan, so once per run is enough.
+    The sharing ends with the block: a later run sees the files as they are then.
+    """
+    if _SHARED_DATASETS.get() is not None:
+        yield
+        return
+    token = _SHARED_DATASETS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_DATASETS.reset(token)
+
+
 def open_dataset(spec: ComponentSpec, cache_root: str | Path | None = None, warn: Any = None) -> Dataset:
-    """Instantiate a dataset choice with the host's context."""
-    context = DatasetContext(cache_dir=Path(cache_root) if cache_root else None,
-                             warn=warn or (lambda message: None))
-    return spec.build(context)
+    """Instantiate a dataset choice with the host's context (shared within :func:`shared_datasets`)."""
+    shared = _SHARED_DATASETS.get()
+    key = json.dumps([spec.key(), str(cache_root or "")], sort_keys=True, default=str)
+    if shared is not None and key in shared:
+        dataset, relay = shared[key]
+        relay.attach(warn)
+        return dataset
+    relay = _WarnRelay(warn)
+    context = DatasetContext(cache_dir=Path(cache_root) if cache_root else None, warn=relay)
+    dataset = spec.build(context)
+    if shared is not None:
+        shared[key] = (dataset, relay)
+    return dataset
 
 
 def input_size(train: TrainSpec, dataset: Dataset) -> int:

@@ -155,3 +155,30 @@ def test_prepare_refuses_bad_options_before_decoding(run_cli, grid_file, tmp_pat
     assert result.exit_code == 4
     assert "dataset 'toy' has no split 'nope' (splits: " in result.output
     assert not cache.exists()  # nothing decoded for the valid split listed first
+
+
+def test_run_prepares_the_cache_first_and_the_numbers_do_not_change(run_cli, tiny_grid_dict, tmp_path):
+    """``prepare: true`` (the default) decodes every split once into results/cache before any cell."""
+    import json
+
+    import yaml
+
+    tiny_grid_dict.update(heads=["avg"], localizers=["cam"])
+    records = {}
+    for prepare in (True, False):
+        grid = tmp_path / f"grid-{prepare}.yaml"
+        grid.write_text(yaml.safe_dump({**tiny_grid_dict, "prepare": prepare}))
+        results = tmp_path / f"r-{prepare}"
+        result = run_cli("run", "--grid", grid, "--results", results, "--no-progress")
+        assert result.exit_code == 0, result.output
+        cached = sorted(p.parent.name for p in (results / "cache").rglob("meta.json")) if prepare else []
+        if prepare:
+            assert len(cached) == 4  # train, val, test, boxes of the toy dataset
+            metas = [json.loads(p.read_text()) for p in (results / "cache").rglob("meta.json")]
+            assert all(m.get("complete") for m in metas)
+        else:
+            assert not (results / "cache").exists() or not list((results / "cache").rglob("meta.json"))
+        out = run_cli("leaderboard", "--results", results, "--format", "json")
+        records[prepare] = [(r["metrics"].get("auroc_mean"), r["metrics"].get("iou_mean"))
+                            for r in json.loads(out.output)]
+    assert records[True] == records[False]  # the cache holds exactly the images a cell would decode

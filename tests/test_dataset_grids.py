@@ -156,3 +156,37 @@ def test_moving_a_dataset_keeps_its_cell_ids(tmp_path):
     grid = parse_grid({"name": "g", "datasets": [{"name": "nih", "options": {"root": str(moved)}}],
                        "backbones": ["resnet18"], "heads": ["avg"]}, registry)
     assert expand(grid, fingerprint_datasets(None, lambda m: None))[0].cell_id != ids[0]  # other data, other id
+
+
+def test_a_run_builds_each_dataset_once_and_every_cell_still_gets_its_warnings(toy_pm, toy_registry, tiny_grid_dict,
+                                                                                tmp_path, monkeypatch):
+    from cxrbench.config import parse_grid
+    from cxrbench.driver import run_grid
+    from cxrbench.pipeline import open_dataset, shared_datasets
+    from cxrbench.store import ResultsStore
+    from tests.plugins import toy
+
+    built = []
+    real_init = toy.ToyDataset.__init__
+
+    def counting_init(self, options, context):
+        real_init(self, options, context)
+        built.append(1)
+        context.warn("toy scanned")
+
+    monkeypatch.setattr(toy.ToyDataset, "__init__", counting_init)
+    spec = toy_registry.create("dataset", "toy")
+    seen: list[str] = []
+    with shared_datasets():
+        first = open_dataset(spec, None, seen.append)
+        assert open_dataset(spec, None, seen.append) is first
+    assert open_dataset(spec) is not first  # the sharing ends with the block
+    assert seen == ["toy scanned", "toy scanned"]  # the second opener heard it too
+    built.clear()
+    tiny_grid_dict.update(heads=["avg", "max"], localizers=[])
+    grid = parse_grid(tiny_grid_dict, toy_registry)
+    with ResultsStore(tmp_path) as store:
+        run_grid(grid, toy_pm, store)
+        cells = store.cells(grid.name)
+    assert len(cells) == 2 and len(built) == 1  # fingerprinting and both cells share one build
+    assert all("toy scanned" in c.warnings for c in cells)
