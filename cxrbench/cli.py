@@ -153,10 +153,19 @@ def validate(grid_file: Path) -> None:
 
     grid = load_grid(grid_file, STATE.registry)
     n_cells = _count_cells(grid)
+    _warn_impossible_pairs(grid)
     console.print(f"[green]{grid_file}: ok[/] grid '{grid.name}', {n_cells} cells "
                   f"({len(grid.datasets)} datasets x {len(grid.backbones)} backbones x {len(grid.heads)} heads x "
                   f"{len(grid.seeds)} seeds, {len(grid.exclude)} exclusion rules), "
                   f"{len(grid.localizers)} localizers", highlight=False)
+
+
+def _warn_impossible_pairs(grid: Any) -> None:
+    """One warning line per head / localizer pair that cannot work (those pairs are not evaluated)."""
+    from .pairing import impossible_pairs
+
+    for pair in impossible_pairs(grid.heads, grid.localizers):
+        _warn(f"{pair.line()}; it is not evaluated on cells with that head")
 
 
 def _count_cells(grid: Any) -> int:
@@ -226,6 +235,7 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
             table.add_row(str(i), c.cell_id, *(escape(str(a[k])) for k in ("dataset", "backbone", "head", "seed")),
                           state)
         console.print(table)
+        _warn_impossible_pairs(grid)
         console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
                       f"executor: {(executor_spec or grid.executor).name}", highlight=False)
         return

@@ -17,6 +17,7 @@ from .errors import UsageError
 from .events import RunEvents
 from .grid import Cell, expand, localizer_key
 from .options import options_to_dict
+from .pairing import impossible_pairs
 from .pipeline import open_dataset, shared_datasets
 from .records import CellResult, LocalizerResult
 from .registry import ComponentSpec
@@ -66,8 +67,11 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
     scoring = options_to_dict(grid.localization)
     cache = str(Path(cache_root).resolve()) if cache_root else None
     tasks, skipped = [], 0
+    impossible = {(p.head, p.localizer) for p in impossible_pairs(grid.heads, grid.localizers)}
     for cell in cells:
-        wanted = [LocalizerTask(localizer_key(spec, default_threshold, scoring), spec) for spec in grid.localizers]
+        # a pair its localizer refuses is warned about by validate / --dry-run and never evaluated
+        wanted = [LocalizerTask(localizer_key(spec, default_threshold, scoring), spec) for spec in grid.localizers
+                  if (cell.head.label(), spec.label()) not in impossible]
         status = statuses.get(cell.cell_id)
         retrain = True
         if status == "ok" and not force:

@@ -108,7 +108,8 @@ def test_failing_cell_is_recorded_and_grid_goes_on(run_cli, tmp_path, tiny_grid_
 
 def test_a_failed_localizer_makes_the_run_exit_1(run_cli, tmp_path, tiny_grid_dict):
     tiny_grid_dict["heads"] = ["avg"]
-    tiny_grid_dict["localizers"] = ["cam", "pcam"]  # pcam needs a pcam head: it fails on this cell
+    # a layer the model does not have: the localizer fails when it runs (not a pair known impossible)
+    tiny_grid_dict["localizers"] = ["cam", {"name": "gradcam", "options": {"target_layer": "backbone.nowhere"}}]
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(tiny_grid_dict))
     result = run_cli("run", "--grid", path, "--results", tmp_path / "r", "--no-progress")
