@@ -573,14 +573,59 @@ def show(results_dir: Path, cell_id: str) -> None:
     a = cell.axes
     console.print(f"[bold]cell {escape(cell.cell_id)}[/] {escape(a.dataset)} / {escape(a.backbone)} / "
                   f"{escape(a.head)} / seed {a.seed}: {cell.status}", highlight=False)
+    if cell.error:
+        console.print(f"[red]failed:[/] {escape(cell.error)}", highlight=False)
     console.print_json(json.dumps(json_safe({"config": cell.config, "metrics": cell.metrics,
                                              "provenance": cell.provenance.to_json()}), default=str))
-    for loc in cell.localizations:
-        state = "[green]ok[/]" if loc.ok else f"[red]failed[/] {escape(loc.error or '')}"
-        console.print(f"localizer {escape(loc.name)} ({loc.key}): {state}", highlight=False)
+    history = _history_table(cell.info)
+    if history is not None:
+        console.print(history)
+    if cell.localizations:
+        console.print(_localizers_table(cell))
     if cell.traceback:
         console.print("[red]traceback:[/]")
         console.print(cell.traceback, highlight=False, markup=False)
+
+
+def _history_table(info: Any) -> Table | None:
+    """The cell's training epochs: loss, validation AUROC, seconds; the kept epoch marked."""
+    from .reporting.columns import fmt
+
+    history = list(info.get("history") or [])
+    if not history:
+        return None
+    best = info.get("best_epoch")
+    resumed = info.get("resumed_from_epoch") or 0
+    title = f"training: {len(history)} epochs, kept epoch {best}" + (f", resumed after epoch {resumed}"
+                                                                      if resumed else "")
+    if info.get("reused_checkpoint"):
+        title += " (evaluated from its saved best.pt)"
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("epoch", "loss", "val AUROC", "lr", "seconds", ""):
+        table.add_column(col, justify="right")
+    for record in history:
+        epoch = record.get("epoch")
+        table.add_row(str(epoch), fmt(record.get("loss"), 4), fmt(record.get("val_auroc_mean")),
+                      f"{record.get('lr', float('nan')):.2g}", fmt(record.get("seconds"), 1),
+                      "kept" if epoch == best else "")
+    return table
+
+
+def _localizers_table(cell: Any) -> Table:
+    """Each localizer's status, reason and headline metrics (the catalogue's compact columns)."""
+    from . import catalogue
+    from .reporting.columns import fmt
+
+    available = {k for loc in cell.localizations for k in loc.metrics}
+    keys = catalogue.table_keys("localization", available, compact=True)
+    table = Table(title="localizers", title_justify="left", header_style="bold")
+    for col in ("localizer", "status", *(catalogue.label(k) for k in keys)):
+        table.add_column(col)
+    for loc in cell.localizations:
+        status = "ok" if loc.ok else f"failed: {escape(one_line(loc.error or ''))}"
+        values = [fmt(loc.metrics.get(k), getattr(catalogue.lookup(k), "digits", 3)) for k in keys]
+        table.add_row(escape(loc.name), status, *values)
+    return table
 
 
 # --------------------------------------------------------------------------- discovery

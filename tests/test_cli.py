@@ -183,3 +183,20 @@ def test_run_prepares_the_cache_first_and_the_numbers_do_not_change(run_cli, tin
         records[prepare] = [(r["metrics"].get("auroc_mean"), r["metrics"].get("iou_mean"))
                             for r in json.loads(out.output)]
     assert records[True] == records[False]  # the cache holds exactly the images a cell would decode
+
+
+def test_show_prints_the_training_history_and_each_localizers_scores_and_failure(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict["heads"] = ["avg"]
+    tiny_grid_dict["localizers"] = ["cam", {"name": "gradcam", "options": {"target_layer": "backbone.nowhere"}}]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    run_cli("run", "--grid", path, "--results", tmp_path / "r", "--no-progress")
+    from cxrbench.store import ResultsStore
+
+    with ResultsStore(tmp_path / "r") as store:
+        (cell,) = store.cells()
+    out = run_cli("show", cell.cell_id[:6], "--results", tmp_path / "r").output
+    epochs = tiny_grid_dict["train"]["epochs"]
+    assert f"training: {epochs} epochs, kept epoch {cell.info['best_epoch']}" in out and "kept" in out
+    assert "val AUROC" in out and "MaxBoxAccV2" in out
+    assert "failed: " in out and "nowhere" in out  # the failed localizer's one-line reason
