@@ -8,6 +8,7 @@ sees its own block; unknown keys and wrong types are errors that name the YAML p
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -133,7 +134,11 @@ def parse_options(options_cls: type, raw: Any, path: str, owner: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(join_key(path, key), f"unknown option for {owner}; valid options: {valid}")
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            message = f"unknown option for {owner}{hint} (valid options: {valid})" if hint else \
+                f"unknown option for {owner}; valid options: {valid}"
+            raise ConfigError(join_key(path, key), message)
         values[key] = coerce(value, hints[key], join_key(path, key))
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]

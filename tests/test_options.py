@@ -63,3 +63,12 @@ def test_coerce_bool_vs_literal_true():
     assert coerce(True, Literal[True, "auto"], "x") is True
     with pytest.raises(ConfigError):
         coerce(1, Literal[True, "auto"], "x")
+
+
+def test_an_option_typo_gets_a_did_you_mean():
+    from cxrbench.config import TrainSpec
+    from cxrbench.errors import ConfigError
+    from cxrbench.options import parse_options
+
+    with pytest.raises(ConfigError, match=r"train\.epocs: unknown option for train; did you mean 'epochs'\?"):
+        parse_options(TrainSpec, {"epocs": 3}, "train", "train")
