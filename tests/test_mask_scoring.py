@@ -112,6 +112,8 @@ def test_score_reproduces_a_cells_numbers_from_its_saved_maps(toy_pm, toy_regist
     assert scored.settings["maps_sha256"] and scored.settings["masks"]["threshold"]["policy"] == "otsu"
     board = run_cli("leaderboard", "--results", out)
     assert board.exit_code == 0 and "my-cam" in board.output
+    # a maps file has no classifier: its row is in the localization table only
+    assert "Classification leaderboard" not in board.output and "Localization leaderboard" in board.output
 
 
 def _write(path, **arrays):

@@ -149,13 +149,16 @@ def render_tables(console: Console, rows: Sequence[LeaderboardRow], grid: str | 
         return
     best = sig.best if sig is not None and sig.significant else None
     title = f"Classification leaderboard: {name}"
-    table = classification_table(rows, title, sort_key, best)
-    if natural_width(console, table) > console.width:
-        # many classes (nih14) or a narrow terminal: the per-class AUROCs get their own table
-        console.print(classification_table(rows, title, sort_key, best, per_class=False))
-        console.print(per_class_table(rows, f"Per-class AUROC: {name}", sort_key))
-    else:
-        console.print(table)
+    # rows of maps scored by 'cxrbench score' have no classifier: only the localization table shows them
+    trained = [r for r in rows if (r.info or {}).get("kind") != "scored maps"]
+    if trained:
+        table = classification_table(trained, title, sort_key, best)
+        if natural_width(console, table) > console.width:
+            # many classes (nih14) or a narrow terminal: the per-class AUROCs get their own table
+            console.print(classification_table(trained, title, sort_key, best, per_class=False))
+            console.print(per_class_table(trained, f"Per-class AUROC: {name}", sort_key))
+        else:
+            console.print(table)
     loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key)
     if loc is not None and natural_width(console, loc) > console.width:
         loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key, compact=True)
