@@ -222,19 +222,33 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
             with ResultsStore(results_dir) as store:
                 statuses = store.statuses()
                 tasks, _ = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed)
-                pending = {t.cell.cell_id for t in tasks}
+                pending = {t.cell.cell_id: t for t in tasks}
         else:
-            pending = {c.cell_id for c in cells}
+            pending = {c.cell_id: None for c in cells}
         title = f"grid '{grid.name}': {len(cells)} cells" + (f" (shard {shard} of its {total})" if shard else "")
         table = Table(title=title, title_justify="left")
         for col in ("#", "cell", "dataset", "backbone", "head", "seed", "state"):
             table.add_column(col)
+        to_train = to_evaluate = localizer_runs = 0
         for i, c in enumerate(cells, start=1):
-            state = "to run" if c.cell_id in pending else f"done ({statuses.get(c.cell_id, '?')})"
+            task = pending.get(c.cell_id)
+            if c.cell_id not in pending:
+                state = f"done ({statuses.get(c.cell_id, '?')})"
+            elif task is not None and not task.retrain:  # trained: only localizers are missing
+                to_evaluate += 1
+                localizer_runs += len(task.localizers)
+                state = "trained; to evaluate: " + ", ".join(lt.spec.label() for lt in task.localizers)
+            else:
+                to_train += 1
+                state = "to run"
             a = c.axes
             table.add_row(str(i), c.cell_id, *(escape(str(a[k])) for k in ("dataset", "backbone", "head", "seed")),
                           state)
         console.print(table)
+        done = len(cells) - to_train - to_evaluate
+        evaluate = f", {localizer_runs} localizer runs on {to_evaluate} trained cells (no retraining)" \
+            if to_evaluate else ""
+        console.print(f"{to_train} cells to train{evaluate}, {done} done", highlight=False)
         _warn_impossible_pairs(grid)
         console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
                       f"executor: {(executor_spec or grid.executor).name}", highlight=False)

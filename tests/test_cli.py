@@ -200,3 +200,15 @@ def test_show_prints_the_training_history_and_each_localizers_scores_and_failure
     assert f"training: {epochs} epochs, kept epoch {cell.info['best_epoch']}" in out and "kept" in out
     assert "val AUROC" in out and "MaxBoxAccV2" in out
     assert "failed: " in out and "nowhere" in out  # the failed localizer's one-line reason
+
+
+def test_dry_run_after_adding_a_localizer_says_nothing_retrains(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict.update(heads=["avg", "max"], localizers=["cam"])
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    assert run_cli("run", "--grid", path, "--results", tmp_path / "r", "--no-progress").exit_code == 0
+    tiny_grid_dict["localizers"] = ["cam", "gradcam"]
+    path.write_text(yaml.safe_dump(tiny_grid_dict))
+    out = run_cli("run", "--grid", path, "--results", tmp_path / "r", "--dry-run").output
+    assert out.count("trained; to evaluate: gradcam") == 2 and "to run" not in out
+    assert "0 cells to train, 2 localizer runs on 2 trained cells (no retraining), 0 done" in out
