@@ -13,7 +13,7 @@ from .artifacts import CellArtifacts
 from .errors import CellError, ConfigError, CxrbenchError, PluginError, UsageError, one_line
 from .events import NULL_EVENTS, CellReporter, Event, Progress, QueueEvents, RunEvents
 from .filedataset import FileDataset, FileLayout, LoadedSplits
-from .imageio import image_size, read_grey, safe_join, scan_files
+from .imageio import IMAGE_SUFFIXES, ImageHeader, image_header, image_size, read_grey, safe_join, scan_files
 from .interfaces import (
     BOX_COLUMNS,
     Backbone,
@@ -32,13 +32,15 @@ from .options import NoOptions, options_to_dict
 from .pipeline import failed_result
 from .records import CellAxes, CellResult, Environment, LocalizerResult, Provenance
 from .registry import ComponentSpec
-from .splits import patient_split
+from .splits import hashed_split, patient_split
+from .synonyms import ClassMatch, canonical, shared_classes
 from .tasks import CellTask, LocalizerTask
 from .tuning import TuningPopulation
 from .worker import execute_cell
 
 __all__ = [
     "BOX_COLUMNS",
+    "IMAGE_SUFFIXES",
     "NULL_EVENTS",
     "Backbone",
     "CellArtifacts",
@@ -47,6 +49,7 @@ __all__ = [
     "CellReporter",
     "CellResult",
     "CellTask",
+    "ClassMatch",
     "Classifier",
     "Component",
     "ComponentSpec",
@@ -59,6 +62,7 @@ __all__ = [
     "Executor",
     "FileDataset",
     "FileLayout",
+    "ImageHeader",
     "LoadedSplits",
     "Localizer",
     "LocalizerResult",
@@ -77,12 +81,15 @@ __all__ = [
     "UsageError",
     "__version__",
     "boxes_from_masks",
+    "canonical",
     "decode_coco_rle",
     "encode_coco_rle",
     "empty_boxes",
     "execute_cell",
     "failed_result",
+    "hashed_split",
     "hookimpl",
+    "image_header",
     "image_size",
     "one_line",
     "options_to_dict",
@@ -91,4 +98,5 @@ __all__ = [
     "read_grey",
     "safe_join",
     "scan_files",
+    "shared_classes",
 ]

@@ -8,9 +8,12 @@ under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +91,26 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     from .records import json_safe
 
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(json_safe(payload), sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def save_npz_atomic(path: Path, **arrays: Any) -> None:
     """``np.savez_compressed`` to ``path`` through a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def save_torch_atomic(payload: Any, path: Path) -> None:
@@ -105,5 +118,58 @@ def save_torch_atomic(payload: Any, path: Path) -> None:
     import torch
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # a full disk or an interrupt must not leave a half-written checkpoint behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """A cell's saved test predictions (``predictions.npz``), checked.
+
+    Attributes:
+        ids: image id of each row (``N``).
+        patient_ids: patient of each row (``N``).
+        labels: ``N x K`` float, NaN = unknown.
+        scores: ``N x K`` float.
+        classes: class names (``K``).
+
+    """
+
+    ids: np.ndarray
+    patient_ids: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: tuple[str, ...]
+
+
+def load_predictions(path: Path, warn: Callable[[str], None] | None = None) -> Predictions | None:
+    """Read a ``predictions.npz`` without unpickling anything; None when it cannot be used.
+
+    An unreadable file (object arrays, which would need pickle; truncated; missing arrays;
+    shapes that disagree) is "no predictions for that cell": ``warn`` gets one line naming
+    the file, and the caller goes on without it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in ("ids", "patient_ids", "labels", "scores", "classes")}
+        labels = np.asarray(arrays["labels"], dtype=np.float64)
+        scores = np.asarray(arrays["scores"], dtype=np.float64)
+        n = labels.shape[0] if labels.ndim == 2 else -1
+        if labels.ndim != 2 or scores.shape != labels.shape or arrays["ids"].shape != (n,) \
+                or arrays["patient_ids"].shape != (n,) or arrays["classes"].shape != (labels.shape[1],):
+            raise ValueError(f"arrays of disagreeing shapes (labels {labels.shape}, scores {scores.shape})")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        if warn is not None:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warn(f"{path}: unreadable predictions ({reason[:200]}); the cell is shown without them")
+        return None
+    return Predictions(ids=arrays["ids"], patient_ids=arrays["patient_ids"], labels=labels, scores=scores,
+                       classes=tuple(str(c) for c in arrays["classes"]))

@@ -88,6 +88,7 @@ SAPORTA = "Saporta et al., Nat. Mach. Intell. 2022 (cheXlocalize: eval.py, heatm
 ADEBAYO = "Adebayo et al., NeurIPS 2018 (Sanity checks for saliency maps), model-parameter randomisation"
 SIXT = "Sixt, Granz & Landgraf, ICML 2020 (When explanations lie), random-logit test"
 RISE = "Petsiuk, Das & Saenko, BMVC 2018 (RISE), deletion and insertion"
+CALIBRATION = "Naeini, Cooper & Hauskrecht, AAAI 2015; Guo et al., ICML 2017 (15 bins)"
 
 METRICS: tuple[MetricSpec, ...] = (
     # ------------------------------------------------------------------ classification
@@ -113,6 +114,19 @@ METRICS: tuple[MetricSpec, ...] = (
                split="val", in_table=False),
     MetricSpec("hamming_loss", "Hamming", "fraction of wrong (image, class) decisions at the cut-offs",
                "classification", higher_is_better=False, split="test", in_table=False, source=SEED),
+    MetricSpec("ece", "ECE", "expected calibration error: per class, the test images' probabilities in 15 "
+               "equal-width bins on [0, 1] (bin 0 = [0, 1/15], bin b = (b/15, (b+1)/15]), the count-weighted mean over "
+               "non-empty bins of |fraction positive - mean probability|; mean over classes; computed at leaderboard "
+               "time from predictions.npz", "classification", higher_is_better=False, per_class=True, split="test",
+               ci=("ece_ci_low", "ece_ci_high"), source=CALIBRATION),
+    MetricSpec("brier", "Brier", "Brier score: per class the mean over test images of (probability - label)^2; mean "
+               "over classes; computed at leaderboard time from predictions.npz", "classification",
+               higher_is_better=False, per_class=True, split="test", ci=("brier_ci_low", "brier_ci_high"),
+               source="Brier, Mon. Weather Rev. 1950; scikit-learn brier_score_loss"),
+    *(MetricSpec(f"{key}_ci_{bound}", f"{label} CI {bound}", f"{bound} bound of the {label} interval "
+                 "(patient-level percentile bootstrap, the AUROC's resamples)", "classification",
+                 higher_is_better=False, split="test", in_table=False, per_class=True)
+      for key, label in (("ece", "ECE"), ("brier", "Brier")) for bound in ("low", "high")),
     # ------------------------------------------------------------------ localization
     MetricSpec("maxboxacc_v2", "MaxBoxAccV2", "threshold-free box accuracy: boxes of all regions at every "
                "threshold of a sweep, IoU >= delta, best threshold per delta, mean over delta in {0.3, 0.5, 0.7}",
@@ -245,10 +259,12 @@ METRICS: tuple[MetricSpec, ...] = (
                "(building it, the forward pass, reading the probability), device-synchronised", "speed",
                higher_is_better=False, digits=2, unit="ms", in_table=False),
     # ------------------------------------------------------------------ speed and size (a cell's info)
-    MetricSpec("train_images_per_s", "img/s train", "training throughput over the cell's epochs", "speed",
-               digits=1, unit="images/s"),
-    MetricSpec("inference_images_per_s", "img/s infer", "test-split prediction throughput", "speed", digits=1,
-               unit="images/s"),
+    MetricSpec("train_images_per_s", "img/s train", "training throughput over the cell's epochs, in wall-clock "
+               "time on the machine and under the load of the cell's run (other cells of a parallel executor, "
+               "other programs): compare speeds only between cells run alone on the same machine, or use the "
+               "pytest-benchmark ratios in benchmarks/", "speed", digits=1, unit="images/s"),
+    MetricSpec("inference_images_per_s", "img/s infer", "test-split prediction throughput (wall clock, under the "
+               "run's load, as img/s train)", "speed", digits=1, unit="images/s"),
     MetricSpec("parameters", "params", "trainable and frozen parameters of the classifier", "speed",
                higher_is_better=False, digits=0),
     MetricSpec("duration_s", "seconds", "wall time of the cell (train, evaluate, localize)", "speed",

@@ -8,6 +8,7 @@ no traceback).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,11 @@ def validate(grid_file: Path) -> None:
     grid = load_grid(grid_file, STATE.registry)
     n_cells = _count_cells(grid)
     _warn_impossible_pairs(grid)
+    if grid.evaluate_on:
+        from .crosseval import skipped_pairs
+
+        for pair in skipped_pairs(grid):  # a target sharing no class with a trained dataset
+            _warn(pair.line())
     console.print(f"[green]{grid_file}: ok[/] grid '{grid.name}', {n_cells} cells "
                   f"({len(grid.datasets)} datasets x {len(grid.backbones)} backbones x {len(grid.heads)} heads x "
                   f"{len(grid.seeds)} seeds, {len(grid.exclude)} exclusion rules), "
@@ -166,6 +172,18 @@ def _warn_impossible_pairs(grid: Any) -> None:
 
     for pair in impossible_pairs(grid.heads, grid.localizers):
         _warn(f"{pair.line()}; it is not evaluated on cells with that head")
+
+
+def _show_transfers(cells: Any, grid: Any) -> int:
+    """Print the grid's "Cross-dataset" table; return how many of its targets' evaluations are failed."""
+    from .reporting.transfers import failed_transfers, transfer_rows, transfer_table
+
+    rows = transfer_rows(cells)
+    table = transfer_table(rows)
+    if table is not None:
+        console.print(table)
+    targets = {t.label() for t in grid.evaluate_on}  # a target taken out of the grid no longer counts
+    return sum(1 for r in failed_transfers(rows) if r.dataset.rsplit(" -> ", 1)[-1] in targets)
 
 
 def _count_cells(grid: Any) -> int:
@@ -184,6 +202,8 @@ def _count_cells(grid: Any) -> int:
                    "e.g. --executor '{name: ray, options: {address: auto, num_gpus: 1}}'.")
 @click.option("--force", is_flag=True, help="Rerun every cell, even finished ones.")
 @click.option("--rerun-failed", is_flag=True, help="Rerun cells (and localizers) that failed before.")
+@click.option("--rerun-stale", is_flag=True,
+              help="Retrain finished cells whose data changed since they ran (shown as stale by --dry-run).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared-image cache (default: RESULTS/cache).")
 @click.option("--no-progress", is_flag=True, help="Plain line-by-line output instead of a live display.")
@@ -192,14 +212,16 @@ def _count_cells(grid: Any) -> int:
               help="Run only shard I of N (1-based; cells are dealt by a digest of their id). Give each shard its "
                    "own --results and put them together with 'cxrbench merge'.")
 def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None, force: bool,
-        rerun_failed: bool, cache_dir: Path | None, no_progress: bool, wait: bool, shard_text: str | None) -> None:
+        rerun_failed: bool, rerun_stale: bool, cache_dir: Path | None, no_progress: bool, wait: bool,
+        shard_text: str | None) -> None:
     """Run a grid: train every cell, evaluate AUROC and localization, print the leaderboard.
 
     Finished cells are skipped (resume); a failing cell is recorded and the grid goes
     on. Exit code 0 when every cell is ok, 1 when some failed, 2 when interrupted.
     """
     from .config import load_grid
-    from .driver import fingerprint_datasets, plan_tasks, run_grid
+    from .crosseval import plan_transfers
+    from .driver import RunPlan, data_versions, fingerprint_datasets, plan_tasks, run_grid, stale_cells
     from .progress import make_progress
     from .reporting import add_plugin_columns, render_tables, rows_from_cells
     from .shards import Shard
@@ -212,16 +234,25 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
     cache_root = str(cache_dir or results_dir / "cache")
     if dry_run:
         from .grid import expand
+        from .pipeline import shared_datasets
 
-        cells = expand(grid, fingerprint_datasets(cache_root, _warn))
+        with shared_datasets():  # each dataset built once for its fingerprint and its data version
+            cells = expand(grid, fingerprint_datasets(cache_root, _warn))
+            versions = data_versions(cells, cache_root, _warn)
+            transfer_plan = plan_transfers(grid, cells, cache_root, _warn)  # evaluate_on: targets per cell
+        for pair in transfer_plan.skipped:
+            _warn(pair.line())
         total = len(cells)
         if shard is not None:
             cells = shard.select(cells)
         statuses: dict[str, str] = {}
+        stale: frozenset[str] = frozenset()
         if (results_dir / DB_NAME).exists():
-            with ResultsStore(results_dir) as store:
+            with ResultsStore(results_dir, readonly=True) as store:
                 statuses = store.statuses()
-                tasks, _ = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed)
+                stale = stale_cells(cells, store, versions)
+                tasks, _ = plan_tasks(grid, cells, store, force=force, rerun_failed=rerun_failed, stale=stale,
+                                      rerun_stale=rerun_stale, transfers=transfer_plan.by_cell)
                 pending = {t.cell.cell_id: t for t in tasks}
         else:
             pending = {c.cell_id: None for c in cells}
@@ -229,26 +260,29 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
         table = Table(title=title, title_justify="left")
         for col in ("#", "cell", "dataset", "backbone", "head", "seed", "state"):
             table.add_column(col)
-        to_train = to_evaluate = localizer_runs = 0
         for i, c in enumerate(cells, start=1):
             task = pending.get(c.cell_id)
-            if c.cell_id not in pending:
+            if c.cell_id in stale and c.cell_id not in pending:
+                state = "stale: its data changed since it ran"
+            elif c.cell_id not in pending:
                 state = f"done ({statuses.get(c.cell_id, '?')})"
             elif task is not None and not task.retrain:  # trained: only localizers are missing
-                to_evaluate += 1
-                localizer_runs += len(task.localizers)
-                state = "trained; to evaluate: " + ", ".join(lt.spec.label() for lt in task.localizers)
+                state = "trained; to evaluate: " + ", ".join(
+                    [lt.spec.label() for lt in task.localizers] + [f"on {t.target.label()}" for t in task.transfers])
             else:
-                to_train += 1
-                state = "to run"
+                state = "to train"
             a = c.axes
             table.add_row(str(i), c.cell_id, *(escape(str(a[k])) for k in ("dataset", "backbone", "head", "seed")),
                           state)
         console.print(table)
-        done = len(cells) - to_train - to_evaluate
-        evaluate = f", {localizer_runs} localizer runs on {to_evaluate} trained cells (no retraining)" \
-            if to_evaluate else ""
-        console.print(f"{to_train} cells to train{evaluate}, {done} done", highlight=False)
+        plan = RunPlan.of(len(cells), [t for t in pending.values() if t is not None],
+                          fresh=sum(t is None for t in pending.values()),
+                          fresh_transfers=sum(len(transfer_plan.by_cell.get(cid, ())) for cid, t in pending.items()
+                                              if t is None))
+        console.print(plan.sentence(), highlight=False)
+        if stale and not (force or rerun_stale):
+            console.print(f"{len(stale)} of the done cells are stale: their data changed since they ran "
+                          "(--rerun-stale retrains them)", highlight=False)
         _warn_impossible_pairs(grid)
         console.print(f"localizers: {', '.join(s.label() for s in grid.localizers) or 'none'}; "
                       f"executor: {(executor_spec or grid.executor).name}", highlight=False)
@@ -262,23 +296,33 @@ def run(grid_file: Path, results_dir: Path, dry_run: bool, executor: str | None,
                           quiet=True)
         display = make_progress(console, enabled=not no_progress)
         summary = run_grid(grid, STATE.pm, store, executor=executor_spec, force=force, rerun_failed=rerun_failed,
-                           cache_root=cache_root, display=display, shard=shard)
-        rows = rows_from_cells(store.cells(grid.name))
+                           cache_root=cache_root, display=display, shard=shard, rerun_stale=rerun_stale)
+        recorded = store.cells(grid.name)
+        rows = rows_from_cells(recorded)
     if summary.interrupted:
         _ignore_further_interrupts()
     render_tables(console, add_plugin_columns(rows, STATE.pm), grid.name)
+    failed_transfers = _show_transfers(recorded, grid)
     if summary.interrupted:
         err_console.print("[yellow]interrupted:[/] finished cells are saved; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)
     localizers = f", {summary.localizers_failed} localizer runs failed" if summary.localizers_failed else ""
+    if summary.transfers_failed:
+        localizers += f", {summary.transfers_failed} cross-dataset evaluations failed"
     which = f"shard {shard} ({summary.total} cells): " if shard is not None else ""
     console.print(f"{which}{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done{localizers} "
                   f"(results in {results_dir})", highlight=False)
+    if summary.stale:
+        _warn(f"{summary.stale} finished cells of grid '{grid.name}' are stale: their data changed since they ran; "
+              "their records are kept as they are (rerun them with --rerun-stale)")
     # the exit code tells the state of the whole grid, also of cells that failed in an earlier run
     failed_cells = sorted({r.cell_id for r in rows if r.status != "ok"})
     failed_localizers = sum(1 for r in rows if r.status == "ok" and r.localizer_status == "failed")
-    if failed_cells or failed_localizers:
-        if not (summary.failed or summary.localizers_failed):
+    if failed_transfers and not summary.transfers_failed:
+        err_console.print(f"[red]{failed_transfers} cross-dataset evaluations of grid '{escape(grid.name)}' are "
+                          "failed in the store[/] (rerun them with --rerun-failed)", highlight=False)
+    if failed_cells or failed_localizers or failed_transfers:
+        if not (summary.failed or summary.localizers_failed) and (failed_cells or failed_localizers):
             err_console.print(f"[red]{len(failed_cells)} cells and {failed_localizers} localizer runs of grid "
                               f"'{escape(grid.name)}' are failed in the store[/] (rerun them with --rerun-failed)",
                               highlight=False)
@@ -340,10 +384,14 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
 @cli.command()
 @results_option
 @click.option("--grid", "grid_name", default=None, help="Only this grid (default: every cell in the store).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html"]), default="table",
-              show_default=True, help="table = rich tables; the others print machine-readable records.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html", "latex"]),
+              default="table", show_default=True,
+              help="table = rich tables; latex = booktabs tables for a paper; the others print machine-readable "
+                   "records.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the export to this file instead of standard output.")
+@click.option("--ci-style", "ci_style", type=click.Choice(["pm", "interval"]), default="pm", show_default=True,
+              help="--format latex: an interval as 'value ± half-width' (pm) or 'value [low, high]' (interval).")
 @click.option("--group-by", "group_by", default=None, metavar="AXES",
               help="Aggregate (mean +/- std) over every axis NOT listed, e.g. 'dataset,backbone,head,localizer' "
                    "averages over seeds; 'backbone' compares backbones over everything else.")
@@ -357,10 +405,16 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
 @click.option("--top", type=int, default=None, help="Show only the best N rows.")
 @click.option("--significance/--no-significance", default=True, show_default=True,
               help="Paired bootstrap: is the best cell significantly better than the runner-up? (table format)")
+@click.option("--test", "test", type=click.Choice(["bootstrap", "delong"]), default="bootstrap", show_default=True,
+              help="With --significance (table format): 'delong' adds DeLong's test per class (clustered by "
+                   "patient, Holm-adjusted over the classes) of the top cell vs the runner-up; the mean AUROC stays "
+                   "the paired bootstrap.")
+@click.option("--baselines", is_flag=True,
+              help="Also show published per-class numbers on the same dataset as reference rows (never ranked).")
 @click.option("--explain", is_flag=True, help="Also print what every column shown means, with its source.")
-def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, group_by: str | None,
-                over: str | None, sort_key: str | None, filters: tuple[str, ...], top: int | None,
-                significance: bool, explain: bool) -> None:
+def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, ci_style: str,
+                group_by: str | None, over: str | None, sort_key: str | None, filters: tuple[str, ...],
+                top: int | None, significance: bool, test: str, baselines: bool, explain: bool) -> None:
     """Show the leaderboards of a results directory.
 
     Classification: mean AUROC with its confidence interval (the grid's evaluation.ci),
@@ -368,7 +422,9 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
     T(IoBB), hit rate and ms/image per cell x localizer. JSON / CSV / Markdown / HTML give
     one record per (cell, localizer) with the cell's AUROC metrics, that localizer's metrics
     and the settings they were computed with, ranked as the tables are. Every column is
-    defined in docs/metrics.md (``--explain`` prints the definitions).
+    defined in docs/metrics.md (``--explain`` prints the definitions). Calibration (ECE,
+    Brier) is computed from each cell's saved test predictions; ``--baselines`` adds
+    published numbers as unranked reference rows; ``--format latex`` writes booktabs tables.
     """
     from . import reporting
 
@@ -376,7 +432,10 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         if grid_name is not None and grid_name not in store.grids():
             known = ", ".join(store.grids()) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
-        rows = reporting.rows_from_cells(store.cells(grid_name))
+        recorded = store.cells(grid_name)
+        rows = reporting.rows_from_cells(recorded)
+    transfers = _transfer_rows(recorded, filters)  # evaluate_on: rows of their own, never ranked with the cells
+    rows = reporting.add_calibration(rows, results_dir)  # ece / brier from each cell's saved predictions
     try:
         rows = reporting.filter_rows(rows, filters)
         if over:
@@ -396,16 +455,31 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
     sig = reporting.significance(ungrouped, results_dir) if fmt == "table" and significance and not group_by \
         else None
     shown = reporting.add_plugin_columns(shown, STATE.pm)
+    # published baselines come after ranking and --top: never ranked, never tested
+    references = reporting.reference_rows(shown) if baselines else []
     if fmt == "table":
         reporting.render_tables(console, shown, grid_name, sort_key=sort_key, sig=sig)
+        by_class = reporting.delong_comparison(ungrouped, results_dir) if sig is not None and test == "delong" \
+            else None
+        if by_class is not None:
+            console.print(by_class.table())
+            console.print(by_class.sentence(), highlight=False)
+        for table in (reporting.reference_table(references, shown), reporting.reference_localization_table(references)):
+            if table is not None:
+                console.print(table)
+        if baselines and not references:
+            console.print("No published baseline matches these cells' dataset and classes.", highlight=False)
         comparison = reporting.compare_localizers(ungrouped, results_dir) if significance and not group_by else None
         if comparison is not None:
             console.print(comparison.sentence(), highlight=False)
         if explain:
             console.print(reporting.explain_table(shown))
+        table = _transfers_table(transfers)
+        if table is not None:
+            console.print(table)
         return
-    records = shown
-    text = reporting.export(records, fmt, sort_key)
+    records = [*shown, *references, *transfers]
+    text = reporting.export(records, fmt, sort_key, ci_style=ci_style)
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(text)
@@ -413,6 +487,19 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         err_console.print(f"wrote {len(records)} records to {output}")
     else:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+def _transfer_rows(cells: Any, filters: tuple[str, ...]) -> list:
+    """The cells' cross-dataset rows (``evaluate_on:``), filtered as the cells' rows are."""
+    from .reporting.transfers import filter_transfer_rows, transfer_rows
+
+    return filter_transfer_rows(transfer_rows(cells), filters)
+
+
+def _transfers_table(rows: Any) -> Any:
+    from .reporting.transfers import transfer_table
+
+    return transfer_table(rows)
 
 
 def _yaml_option(text: str, option: str) -> Any:
@@ -596,6 +683,14 @@ def show(results_dir: Path, cell_id: str) -> None:
         console.print(history)
     if cell.localizations:
         console.print(_localizers_table(cell))
+    if cell.transfers:
+        from .reporting.transfers import transfer_rows, transfer_table
+
+        console.print(transfer_table(transfer_rows([cell])))
+        for transfer in cell.transfers:  # every evaluation, also those a later one replaced on the leaderboard
+            state = "ok" if transfer.ok else f"failed: {one_line(transfer.error or '')}"
+            console.print(f"  {escape(cell.axes.dataset)} -> {escape(transfer.target)} [{transfer.key}]: "
+                          f"{escape(state)}", highlight=False)
     if cell.traceback:
         console.print("[red]traceback:[/]")
         console.print(cell.traceback, highlight=False, markup=False)
@@ -697,11 +792,17 @@ def list_components(kind: str) -> None:
     for name, cls, provider in registry.items(component_kind):
         fields = dataclasses.fields(cls.Options)
         opts = ", ".join(_describe_field(f) for f in fields)
-        table.add_row(name, provider, cls.describe(), opts or "-")
+        table.add_row(escape(name), escape(provider), escape(_plain_text(cls.describe())), escape(opts or "-"))
     console.print(table)
     families = registry.families(component_kind)
     for cls in families:
-        console.print(f"[dim]{cls.NAME}: {cls.describe()} — any matching name is accepted.[/]", highlight=False)
+        console.print(f"[dim]{escape(cls.NAME)}: {escape(_plain_text(cls.describe()))} — any matching name is "
+                      "accepted.[/]", highlight=False)
+
+
+def _plain_text(docstring_text: str) -> str:
+    """A docstring line for the terminal: RST literals (````x````) as ``'x'``."""
+    return re.sub(r"``(.+?)``", r"'\1'", docstring_text)
 
 
 # --------------------------------------------------------------------------- data
@@ -715,16 +816,21 @@ def list_components(kind: str) -> None:
               help="Cache directory (default: RESULTS/cache).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPU count).")
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable; default: all).")
+@click.option("--verify", is_flag=True,
+              help="First hash every table and image in full (SHA-256) and compare with the last --verify: a "
+                   "change the quick key (size, time, sampled bytes) missed rebuilds the cache and makes cells stale.")
 def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers: int | None,
-            splits: tuple[str, ...]) -> None:
+            splits: tuple[str, ...], verify: bool) -> None:
     """Decode and resize every image once into a uint8 cache that runs then read.
 
     Resumable: an interrupted prepare continues where it stopped. Unreadable files are
-    reported by name and skipped.
+    reported by name and skipped. A cache of changed data is rebuilt.
     """
     from .config import load_grid
 
     grid = load_grid(grid_file, STATE.registry)
+    if verify:
+        _verify_grid(grid, cache_dir or results_dir / "cache", workers)
     failures = _prepare_grid(grid, cache_dir or results_dir / "cache", workers, splits)
     if failures:
         sys.exit(EXIT_FAILED)
@@ -735,6 +841,27 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 
 RUN_SPLITS = ("train", "val", "test", "boxes")
 """The splits ``run`` prepares before its cells (those a cell reads)."""
+
+
+def _verify_grid(grid: Any, cache_root: Path, workers: int | None) -> None:
+    """``prepare --verify``: every dataset's files hashed in full, one line each."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .data import verify_dataset
+    from .pipeline import open_dataset
+
+    for spec in grid.datasets:
+        dataset = open_dataset(spec, cache_root, _warn)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, disable=not console.is_terminal) as bars:
+            task = bars.add_task(f"verify {spec.label()}", total=None)
+            report = verify_dataset(dataset, cache_root, workers=workers, progress=lambda n, t=task: bars.advance(t, n))
+        if report is None:
+            console.print(f"{spec.label()}: generated data, no files to verify", highlight=False)
+        elif report.hidden:
+            _warn(report.line(spec.label()))
+        else:
+            console.print(escape(report.line(spec.label())), highlight=False, soft_wrap=True)
 
 
 def _prepare_grid(grid: Any, cache_root: Path, workers: int | None, splits: tuple[str, ...], *,
@@ -759,7 +886,7 @@ def _prepare_grid(grid: Any, cache_root: Path, workers: int | None, splits: tupl
                              f"(splits: {', '.join(dataset.split_names)})")
         wanted = [s for s in (splits or dataset.split_names) if s in dataset.split_names]
         for split_name in wanted:
-            if quiet and open_cache(dataset, split_name, size, cache_root) is not None:
+            if quiet and open_cache(dataset, split_name, size, cache_root, warn=False) is not None:
                 continue
             total = len(dataset.split(split_name))
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -785,7 +912,7 @@ def _open_results(results_dir: Path) -> Any:
 
     if not (results_dir / DB_NAME).exists():
         raise UsageError(f"{results_dir}: no results yet (run 'cxrbench run --grid GRID' first)")
-    return ResultsStore(results_dir)
+    return ResultsStore(results_dir, readonly=True)  # reading never writes: a read-only folder opens too
 
 
 def _executor_entry(text: str) -> Any:

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError, join_key
 from .options import parse_options
-from .registry import ComponentSpec, Registry, parse_threshold
+from .registry import ComponentSpec, Registry, parse_threshold, with_short_labels
 
 GRID_KEYS = {
     "name": "grid name; results are grouped by it",
@@ -28,6 +28,7 @@ GRID_KEYS = {
     "backbones": "list of backbone names (any timm model) or {name, options}",
     "heads": "list of pooling head names or {name, options}",
     "localizers": "list of localizer names or {name, options, threshold}",
+    "evaluate_on": "list of datasets (as in datasets:) each trained cell is also scored on, without retraining",
     "train": "training settings (epochs, batch_size, lr, ...)",
     "evaluation": "evaluation settings (bootstrap, ...)",
     "localization": "heatmap-to-box settings (threshold policy, tuning, ...)",
@@ -443,6 +444,8 @@ class GridSpec:
     description: str = ""
     source: str | None = None
     prepare: bool = True
+    evaluate_on: tuple[ComponentSpec, ...] = ()
+    """Cross-dataset targets: each trained cell is also scored on their test splits (never part of a cell id)."""
 
 
 MAX_GRID_NODES = 100_000
@@ -541,7 +544,14 @@ def _axis(registry: Registry, raw: dict, key: str, kind: str, *, required: bool 
         if ident in seen:
             raise ConfigError(f"{key}[{i}]", f"duplicate of {key}[{seen[ident]}]")
         seen[ident] = i
-    return specs
+    labelled = with_short_labels(specs)
+    first: dict[str, int] = {}
+    for i, spec in enumerate(labelled):
+        if spec.display in first:
+            raise ConfigError(f"{key}[{i}].label", f"label {spec.display!r} is also {key}[{first[spec.display]}]'s; "
+                              "give each entry its own label")
+        first[spec.display] = i
+    return labelled
 
 
 def parse_grid(raw: Any, registry: Registry, *, source: str | None = None) -> GridSpec:
@@ -598,6 +608,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
     backbones = _axis(registry, raw, "backbones", "backbone")
     heads = _axis(registry, raw, "heads", "head")
     localizers = _axis(registry, raw, "localizers", "localizer", required=False, allow_threshold=True)
+    evaluate_on = _axis(registry, raw, "evaluate_on", "dataset", required=False)
 
     train = parse_options(TrainSpec, raw.get("train"), "train", "train")
     evaluation = parse_options(EvaluationSpec, raw.get("evaluation"), "evaluation", "evaluation")
@@ -651,6 +662,7 @@ def _parse_grid(raw: Any, registry: Registry, source: str | None) -> GridSpec:
         executor=executor,
         exclude=tuple(exclude),
         source=source,
+        evaluate_on=evaluate_on,
     )
 
 

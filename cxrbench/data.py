@@ -6,14 +6,24 @@ there is none, decoded from the originals in a thread pool. Batches stay uint8 u
 last step: gathered on the host, (pinned and) copied to the device, then converted,
 augmented and normalised there, whole batch at a time. Grey images are never copied into
 three channels.
+
+A cache folder is keyed by the data's identity (its fingerprint) and stamped with the
+data's version (:mod:`cxrbench.dataversion`) in its ``meta.json``: a cache of other bytes
+(relabelled tables, swapped images), or a damaged one (a truncated ``images.u8``), is never
+read: cells decode the originals (one warning) and the next prepare rebuilds it. One
+prepare at a time writes a cache folder (a file lock); temporary files have names of their
+own, so concurrent prepares of one cache never write each other's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +36,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .dataversion import VerifyReport, verify_files, write_json_unique
 from .grid import stable_digest
 from .interfaces import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, Dataset, Split
 
@@ -111,23 +122,90 @@ def scale_boxes(boxes: pd.DataFrame, source_sizes: np.ndarray, size: int) -> pd.
 # --------------------------------------------------------------------------- cache
 
 
+def dataset_cache_dir(cache_root: Path, dataset: Dataset) -> Path:
+    """The cache folder of one dataset's data (its splits' folders, its ``prepare --verify`` record)."""
+    key = stable_digest({"fingerprint": dataset.fingerprint(), "format": CACHE_FORMAT}, 16)
+    return Path(cache_root) / f"{dataset.NAME}-{key}"
+
+
 def cache_folder(cache_root: Path, dataset: Dataset, split: str, size: int) -> Path:
     """Where the prepared images of one (dataset data, split, size) live."""
-    key = stable_digest({"fingerprint": dataset.fingerprint(), "format": CACHE_FORMAT}, 16)
-    return Path(cache_root) / f"{dataset.NAME}-{key}" / f"{split}-{size}"
+    return dataset_cache_dir(cache_root, dataset) / f"{split}-{size}"
 
 
 def _meta(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file of a name no other process uses."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """A resume array of the cache, or None when missing, unreadable or of another shape."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return array if array.shape == shape and array.dtype == dtype else None
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Any:
+    """Hold the cache folder's lock: a second prepare of the same cache waits for the first."""
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _expected_bytes(n: int, size: int) -> int:
+    return max(n, 1) * size * size
+
+
+def cache_problem(folder: Path, dataset: Dataset, split: Split, size: int) -> str | None:
+    """Why the cache in ``folder`` cannot serve ``split`` (None: it can).
+
+    ``"missing"`` and ``"incomplete"`` are the ordinary states of a cache not (fully)
+    prepared yet; any other answer is a sentence naming what is wrong.
+    """
+    meta = _meta(folder)
+    if not meta:
+        return "missing"
+    if not meta.get("complete"):
+        return "incomplete"
+    if meta.get("n") != len(split) or meta.get("ids") != stable_digest(list(split.ids), 16):
+        return "missing"  # prepared for other records (e.g. other options): not this split's cache
+    if meta.get("size") not in (None, size):
+        return "missing"
+    recorded = meta.get("data_version")
+    # a cache written before versions were recorded is taken as it is (prepare then stamps it)
+    if recorded is not None and recorded != dataset.data_version():
+        return f"{folder} was prepared from other data (the files changed since)"
+    images = folder / "images.u8"
+    try:
+        have = images.stat().st_size
+    except OSError:
+        return f"{images} is missing"
+    if have != _expected_bytes(len(split), size):
+        return f"{images} has {have:,} bytes, not the {_expected_bytes(len(split), size):,} its meta.json says"
+    if _load_npy(folder / "sizes.npy", (len(split), 2), np.dtype(np.int64)) is None:
+        return f"{folder / 'sizes.npy'} is missing or unreadable"
+    return None
 
 
 @dataclasses.dataclass
@@ -172,21 +250,36 @@ def prepare_split(
 
     """
     split = dataset.split(split_name)
-    n = len(split)
     folder = cache_folder(cache_root, dataset, split_name, size)
     folder.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(folder):  # a concurrent prepare of this cache waits, then finds it done
+        return _prepare_locked(dataset, split_name, split, size, folder, workers=workers, progress=progress,
+                               flush_every=flush_every)
+
+
+def _prepare_locked(dataset: Dataset, split_name: str, split: Split, size: int, folder: Path, *,
+                    workers: int | None, progress: Callable[[int], None] | None, flush_every: int) -> PrepareReport:
+    n = len(split)
     ids_digest = stable_digest(list(split.ids), 16)
+    version = dataset.data_version()
     meta = _meta(folder)
     images_path, done_path, sizes_path = folder / "images.u8", folder / "done.npy", folder / "sizes.npy"
-    fresh = not (meta and meta.get("ids") == ids_digest and meta.get("n") == n and images_path.exists())
-    if fresh:
+    done = _load_npy(done_path, (n,), np.dtype(bool))
+    sizes = _load_npy(sizes_path, (n, 2), np.dtype(np.int64))
+    usable = bool(meta and meta.get("ids") == ids_digest and meta.get("n") == n
+                  and meta.get("data_version") in (None, version)  # None: from before versions, kept
+                  and images_path.is_file() and images_path.stat().st_size == _expected_bytes(n, size)
+                  and (done is None) == (sizes is None))
+    if not usable:  # other data, other records, or damaged (truncated, unreadable resume state): start again
         for path in (images_path, done_path, sizes_path):
             path.unlink(missing_ok=True)
-        _write_json_atomic(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "complete": False})
+        write_json_unique(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "data_version": version,
+                                                 "complete": False})
+        done = sizes = None
     mode = "w+" if not images_path.exists() else "r+"
     images = np.memmap(images_path, dtype=np.uint8, mode=mode, shape=(max(n, 1), size, size))
-    done = np.load(done_path) if done_path.exists() else np.zeros(n, dtype=bool)
-    sizes = np.load(sizes_path) if sizes_path.exists() else np.zeros((n, 2), dtype=np.int64)
+    done = done if done is not None else np.zeros(n, dtype=bool)
+    sizes = sizes if sizes is not None else np.zeros((n, 2), dtype=np.int64)
     todo = np.flatnonzero(~done)
     already = n - len(todo)
     if progress and already:
@@ -202,10 +295,8 @@ def prepare_split(
 
     def flush() -> None:
         images.flush()
-        np.save(done_path.with_suffix(".tmp.npy"), done)
-        os.replace(done_path.with_suffix(".tmp.npy"), done_path)
-        np.save(sizes_path.with_suffix(".tmp.npy"), sizes)
-        os.replace(sizes_path.with_suffix(".tmp.npy"), sizes_path)
+        _save_npy_atomic(sizes_path, sizes)  # sizes before done: a done flag never lacks its size
+        _save_npy_atomic(done_path, done)
 
     decoded = 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
@@ -225,24 +316,57 @@ def prepare_split(
         finally:
             flush()
     complete = bool(done.all())
-    _write_json_atomic(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "complete": complete})
+    write_json_unique(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "data_version": version,
+                                             "complete": complete})
     return PrepareReport(folder, n, decoded, already, failed)
 
 
-def open_cache(dataset: Dataset, split_name: str, size: int, cache_root: Path | None) -> PreparedSplit | None:
-    """The prepared split from a complete, fresh cache, memory-mapped; None if there is none."""
+_WARNED: set[str] = set()
+"""Cache problems already warned about in this process (one line each, not one per cell)."""
+
+
+def open_cache(dataset: Dataset, split_name: str, size: int, cache_root: Path | None, *,
+               warn: bool = True) -> PreparedSplit | None:
+    """The prepared split from a complete, fresh and whole cache, memory-mapped; None if there is none.
+
+    A cache of other data or a damaged one is not read: with ``warn``, one warning line
+    (through the dataset's ``context.warn``, once per process) says why and that the
+    originals are decoded instead.
+    """
     if cache_root is None:
         return None
     folder = cache_folder(cache_root, dataset, split_name, size)
-    meta = _meta(folder)
     split = dataset.split(split_name)
-    if not meta or not meta.get("complete") or meta.get("n") != len(split):
-        return None
-    if meta.get("ids") != stable_digest(list(split.ids), 16):
+    problem = cache_problem(folder, dataset, split, size)
+    if problem is not None:
+        if warn and problem not in ("missing", "incomplete") and problem not in _WARNED:
+            _WARNED.add(problem)
+            dataset.context.warn(f"cache: {problem}; decoding the original images instead "
+                                 "('cxrbench prepare' rebuilds it)")
         return None
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(max(len(split), 1), size, size))
-    sizes = np.load(folder / "sizes.npy")
+    sizes = np.load(folder / "sizes.npy", allow_pickle=False)
     return PreparedSplit(split_name, split, images[: len(split)], scale_boxes(split.boxes, sizes, size), sizes)
+
+
+def verify_dataset(dataset: Dataset, cache_root: Path, *, workers: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> VerifyReport | None:
+    """``prepare --verify``: hash a file dataset's files in full against the last verify's record.
+
+    Returns:
+        What the verify found, or None for a dataset with no files (generated data). A hidden
+        change raises the dataset's verify generation, so its data version, and so the cache's
+        stamp and the finished cells' records, no longer match.
+
+    """
+    files = getattr(dataset, "data_files", None)
+    if not callable(files):
+        return None
+    report = verify_files(dataset_cache_dir(cache_root, dataset), files(), workers=workers, progress=progress)
+    forget = getattr(dataset, "forget_data_version", None)
+    if callable(forget):
+        forget()
+    return report
 
 
 def load_split(

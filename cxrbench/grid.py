@@ -117,7 +117,8 @@ def cell_config(grid: GridSpec, dataset: ComponentSpec, backbone: ComponentSpec,
     """The resolved configuration that defines a cell (and so its id)."""
     neutral = getattr(dataset.cls, "NEUTRAL_OPTIONS", frozenset())
     # options that change how files are reached, never which data is read (e.g. follow_symlinks)
-    dataset_key = {**dataset.key(), "options": {k: v for k, v in dataset.options_dict().items() if k not in neutral}}
+    chosen = dataset.key()  # without options at their ID_NEUTRAL_DEFAULTS, as for every component
+    dataset_key = {**chosen, "options": {k: v for k, v in chosen["options"].items() if k not in neutral}}
     return {
         "dataset": dataset_key,
         "data_fingerprint": data_fingerprint,

@@ -3,16 +3,22 @@
 Public helpers for dataset plugins (built-in and third-party):
 
 * :func:`read_grey` decodes any PNG/JPEG the way published chest X-ray sets store them
-  (grey, RGB or RGBA, 8 or 16 bit) into one 2-D ``uint8`` array.
+  (grey, RGB or RGBA, 8 or 16 bit), and DICOM files (:mod:`cxrbench.dicom`: ``.dcm`` /
+  ``.dicom``, or the ``DICM`` magic), into one 2-D ``uint8`` array.
 * :func:`safe_join` refuses paths from label tables that would leave the dataset root.
 * :func:`scan_files` lists the image files under a root in one directory walk (a
   partial download is found without one ``stat`` call per table row).
-* :func:`png_size` and :func:`image_size` read an image's size from its header, so
-  boxes can be scaled to the file on disk without decoding the pixels.
+* :func:`png_size` and :func:`image_size` read an image's size from its header (a
+  DICOM file's ``Rows`` / ``Columns``), so boxes can be scaled to the file on disk
+  without decoding the pixels.
+* :func:`image_header` adds what a DICOM header says about the patient (``PatientID``).
+* :data:`IMAGE_SUFFIXES` are the file names every reader here decodes, for
+  :func:`scan_files`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Iterable
@@ -24,7 +30,11 @@ import numpy as np
 from .errors import UsageError
 
 __all__ = [
+    "DICOM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "ImageHeader",
     "ImageReadError",
+    "image_header",
     "image_size",
     "png_size",
     "read_grey",
@@ -34,6 +44,11 @@ __all__ = [
 ]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+"""File names read as DICOM by :mod:`cxrbench.dicom` (lower-cased; VinDr-CXR uses ``.dicom``, the others ``.dcm``)."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
+"""File names :func:`read_grey` decodes, as a ``suffixes`` argument of :func:`scan_files`."""
+_DICOM_HEAD = 132  # the 128-byte preamble, then b"DICM"
 # JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC)
 # share the range but are not frames.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -97,7 +112,9 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
     non-ASCII paths where ``cv2.imread`` fails. Safe to call from several threads.
 
     Args:
-        path: PNG, JPEG or any other format OpenCV decodes.
+        path: PNG, JPEG or any other format OpenCV decodes, or a DICOM file (named
+            ``*.dcm`` / ``*.dicom``, or with the ``DICM`` magic at byte 128), read by
+            :func:`cxrbench.dicom.read_dicom` (its windowing and MONOCHROME1 rules).
 
     Returns:
         ``H x W`` uint8 array (see :func:`to_grey_uint8` for the conversion).
@@ -107,10 +124,18 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
             larger than :data:`MAX_IMAGE_PIXELS` (checked on the header, before decoding).
 
     """
+    if _has_dicom_suffix(path):
+        from .dicom import read_dicom  # pydicom loads only when a DICOM file is read
+
+        return read_dicom(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if data[128:_DICOM_HEAD].tobytes() == b"DICM":  # a DICOM file under another name
+        from .dicom import read_dicom_bytes
+
+        return read_dicom_bytes(data.tobytes(), path)
     claimed = _png_header_size(data[:24].tobytes())
     if claimed is not None and claimed[0] * claimed[1] > MAX_IMAGE_PIXELS:
         raise ImageReadError(f"cannot read image {path}: {claimed[1]} x {claimed[0]} pixels is above the limit of "
@@ -290,10 +315,16 @@ def _jpeg_header_size(f: object) -> tuple[int, int] | None:
         f.seek(length - 2, os.SEEK_CUR)  # type: ignore[attr-defined]
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """The (height, width) of a PNG or JPEG from its header, without decoding pixels.
+def _has_dicom_suffix(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).lower().endswith(DICOM_SUFFIXES)
 
-    Other formats (or headers this parser does not understand) are decoded instead.
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The (height, width) of a PNG, JPEG or DICOM file from its header, without decoding pixels.
+
+    A DICOM file (by name or magic) gives its ``Rows`` / ``Columns``, read with pydicom
+    up to the pixel data. Other formats (or headers this parser does not understand) are
+    decoded instead.
 
     Args:
         path: the image file.
@@ -305,9 +336,18 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         ImageReadError: when the file is missing or cannot be decoded.
 
     """
+    if _has_dicom_suffix(path):
+        from .dicom import dicom_size  # pydicom loads only when a DICOM file is read
+
+        return dicom_size(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(24)
+            head = f.read(_DICOM_HEAD)
+            if head[128:_DICOM_HEAD] == b"DICM":
+                from .dicom import dicom_size
+
+                f.seek(0)
+                return dicom_size(f, path)
             size = _png_header_size(head)
             if size is None and head[:2] == b"\xff\xd8":
                 f.seek(0)
@@ -315,3 +355,41 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     except OSError as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
     return size if size is not None else _decoded_size(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding pixels.
+
+    Attributes:
+        height / width: the image's size in pixels.
+        patient_id: the DICOM ``PatientID`` (None for PNG / JPEG, or when blank).
+
+    """
+
+    height: int
+    width: int
+    patient_id: str | None = None
+
+
+def image_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Size (and, for DICOM, ``PatientID``) of an image file from its header alone.
+
+    A DICOM file (by name or magic) is read with pydicom up to its pixel data (about
+    0.4 ms a file); other files as :func:`image_size` reads them.
+
+    Raises:
+        ImageReadError: when the file is missing or cannot be read.
+
+    """
+    if not _has_dicom_suffix(path):
+        try:
+            with open(path, "rb") as f:
+                is_dicom = f.read(_DICOM_HEAD)[128:_DICOM_HEAD] == b"DICM"
+        except OSError as exc:
+            raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+        if not is_dicom:
+            return ImageHeader(*image_size(path))
+    from .dicom import dicom_header  # pydicom loads only when a DICOM file is read
+
+    return ImageHeader(*dicom_header(path))

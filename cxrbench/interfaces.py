@@ -222,6 +222,18 @@ class Dataset(Component, abc.ABC):
 
         return f"{self.NAME}:{sorted(options_to_dict(self.options).items())}"
 
+    def data_version(self) -> str:
+        """A string that changes whenever the data's content changes (default: :meth:`fingerprint`).
+
+        A finished cell records the version of the data it was computed on; when the version
+        changes under the same cell id (a relabelled table, swapped images of the same size)
+        the cell is *stale*: ``run --dry-run`` counts it and ``run --rerun-stale`` retrains it.
+        Generated data is a pure function of its options, so the default suffices there;
+        :class:`cxrbench.filedataset.FileDataset` digests its files' content
+        (:mod:`cxrbench.dataversion`).
+        """
+        return self.fingerprint()
+
 
 # --------------------------------------------------------------------------- models
 

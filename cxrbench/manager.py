@@ -77,7 +77,9 @@ class PluginManager(pluggy.PluginManager):
             dist, version = _dist_of(ep)
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import failure of a plugin is the plugin's, not ours
+            # any import failure of a plugin is the plugin's, not ours; a sys.exit() at import
+            # time too (it would otherwise end every command silently with its code)
+            except (Exception, SystemExit) as exc:
                 detail = str(exc).splitlines()[0] if str(exc) else ""
                 raise PluginError(
                     f"Error importing plugin '{ep.name}' from {dist}: {type(exc).__name__}: {detail}"
@@ -109,7 +111,7 @@ class PluginManager(pluggy.PluginManager):
                 continue
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginError(
                     f"Error importing plugin '{module_name}' from {PLUGINS_ENV}: {type(exc).__name__}: {exc}"
                 ) from None

@@ -172,9 +172,12 @@ class _CellRun:
             self.reporter.warning(f"cell {task.cell.cell_id}: training had finished before (best.pt); "
                                   "evaluating it without retraining")
             return
+        if task.force:  # a forced cell trains from scratch: never from an earlier run's resume state
+            self.artifacts.last.unlink(missing_ok=True)
         outcome = train_model(model, self.split("train"), self.split("val") if self.has_split("val") else None,
                               task.train, seed=task.cell.seed, device=self.device,
-                              checkpoint_dir=self.artifacts.folder, progress=self.reporter.progress)
+                              checkpoint_dir=self.artifacts.folder, progress=self.reporter.progress,
+                              warn=self.reporter.warning)
         training = {"best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run, "history": outcome.history,
                     "train_images_per_s": outcome.train_images_per_s,
                     "resumed_from_epoch": outcome.resumed_from_epoch}
@@ -351,12 +354,20 @@ def _run_cell(task: CellTask, reporter: CellReporter) -> CellResult:
     run.train_or_load(model, info)
     metrics = run.classify(model, info) if task.retrain else {}
     localizations = run.localize(model) if task.localizers else []
+    transfers = _transfers(run, model) if getattr(task, "transfers", ()) else ()
     environment = Environment.current(run.device, run.dtype, executor=task.executor)
     return CellResult(
         cell_id=cell.cell_id, grid=cell.grid, axes=axes_of(task), config=dict(cell.config), status="ok",
-        metrics=metrics, info=info, localizations=tuple(localizations),
+        metrics=metrics, info=info, localizations=tuple(localizations), transfers=transfers,
         provenance=provenance_of(task, environment), started_at=started, finished_at=time.time(),
     )
+
+
+def _transfers(run: _CellRun, model: Classifier) -> tuple:
+    """The task's cross-dataset evaluations (``evaluate_on:``; :mod:`cxrbench.crosseval`)."""
+    from .crosseval import run_transfers
+
+    return run_transfers(run, model)
 
 
 def axes_of(task: CellTask) -> CellAxes:

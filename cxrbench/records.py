@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -183,6 +184,60 @@ class LocalizerResult:
                    traceback=tb)
 
 
+@dataclasses.dataclass(frozen=True)
+class TransferResult:
+    """One trained cell scored on another dataset's test split (``evaluate_on:``), without retraining.
+
+    Attributes:
+        key: the evaluation's stable key (``cxrbench.crosseval.transfer_key``): the target
+            dataset, its data fingerprint and the settings that change the numbers.
+        target: the target's display label (``vindr``); the leaderboard shows ``source -> target``.
+        target_name: the target dataset's registered name.
+        status: ``ok`` or ``failed``.
+        error: one line saying why it failed.
+        metrics: AUROC on the shared classes (``auroc_mean``, ``auroc/<target class>``, intervals).
+        localizations: the grid's localizers scored on the target's boxes or masks, where it has them.
+        settings: the class matches (``cxrbench.synonyms.ClassMatch``), split sizes, settings used.
+        traceback: the failure's traceback.
+        finished_at: UNIX time it finished (the leaderboard shows the latest per target).
+
+    """
+
+    key: str
+    target: str
+    target_name: str
+    status: Status = "ok"
+    error: str | None = None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    localizations: tuple[LocalizerResult, ...] = ()
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    traceback: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def failure(cls, key: str, target: str, target_name: str, error: str,
+                traceback: str | None = None) -> TransferResult:
+        return cls(key=key, target=target, target_name=target_name, status="failed", error=error,
+                   traceback=traceback, finished_at=time.time())
+
+    def to_json(self) -> dict[str, Any]:
+        out = json_safe(dataclasses.asdict(self))
+        out["localizations"] = [loc.to_json() for loc in self.localizations]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TransferResult:
+        return cls(key=str(data["key"]), target=str(data["target"]), target_name=str(data.get("target_name") or ""),
+                   status=_status(data.get("status")), error=data.get("error"), metrics=_floats(data.get("metrics")),
+                   localizations=tuple(LocalizerResult.from_json(loc) for loc in data.get("localizations") or ()),
+                   settings=dict(data.get("settings") or {}), traceback=data.get("traceback"),
+                   finished_at=data.get("finished_at"))
+
+
 def _status(value: Any) -> Status:
     if value not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {value!r}")
@@ -204,6 +259,8 @@ class CellResult:
         metrics: classification metrics (keys declared in ``cxrbench.catalogue``).
         info: facts about the run: input size, classes, parameters, speed, training history.
         localizations: one :class:`LocalizerResult` per localizer evaluated.
+        transfers: one :class:`TransferResult` per other dataset the trained cell was scored
+            on (``evaluate_on:``; only those evaluated in this run, on a result just made).
         provenance: the settings and environment the numbers came from.
         warnings: one-line warnings raised while the cell ran.
         started_at: UNIX time the cell started.
@@ -223,6 +280,7 @@ class CellResult:
     localizations: tuple[LocalizerResult, ...] = ()
     provenance: Provenance = dataclasses.field(default_factory=Provenance)
     warnings: tuple[str, ...] = ()
+    transfers: tuple[TransferResult, ...] = ()
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -246,6 +304,7 @@ class CellResult:
     def to_json(self) -> dict[str, Any]:
         out = json_safe(dataclasses.asdict(self))
         out["localizations"] = [loc.to_json() for loc in self.localizations]
+        out["transfers"] = [t.to_json() for t in self.transfers]
         out["provenance"] = self.provenance.to_json()
         return out
 
@@ -262,6 +321,7 @@ class CellResult:
             provenance=Provenance.from_json(data.get("provenance")),
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
             started_at=data.get("started_at"), finished_at=data.get("finished_at"),
+            transfers=tuple(TransferResult.from_json(t) for t in data.get("transfers") or ()),
         )
 
     def check(self, cell_id: str) -> None:
@@ -287,3 +347,10 @@ class CellResult:
             for key, value in loc.metrics.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"localizer {loc.name!r} metric {key!r} must be a number")
+        for transfer in self.transfers:
+            if not isinstance(transfer, TransferResult):
+                raise ValueError(f"transfers must be TransferResult, got {type(transfer).__name__}")
+            _status(transfer.status)
+            for key, value in transfer.metrics.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"transfer {transfer.target!r} metric {key!r} must be a number")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .errors import ConfigError, PluginError, join_key
@@ -54,6 +54,9 @@ class ComponentSpec:
     options: Any = None
     path: str = ""
     threshold: dict | None = None  # localizers only
+    # what tables and the live display call this choice: the entry's ``label`` key, or one
+    # worked out from what differs between the grid's choices (never part of a cell id)
+    display: str | None = dataclasses.field(default=None, compare=False)
 
     def options_dict(self) -> dict[str, Any]:
         """Options as plain JSON-friendly values."""
@@ -85,13 +88,28 @@ class ComponentSpec:
         return self.cls(self.options, *args, **kwargs)
 
     def label(self) -> str:
-        """Short display name: the name, plus non-default options."""
+        """Display name: the grid's ``label`` for it, else the name plus its non-default options."""
+        if self.display:
+            return self.display
+        return self.full_label()
+
+    def full_label(self) -> str:
+        """The name plus every non-default option (``phantom[difficulty=0.15,num_images=800]``)."""
         defaults = options_to_dict(type(self.options)()) if _has_all_defaults(type(self.options)) else {}
         changed = {k: v for k, v in self.options_dict().items() if defaults.get(k, object()) != v}
         if not changed:
             return self.name
         inner = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
         return f"{self.name}[{inner}]"
+
+
+def _matches(component: type, provider: str, name: str) -> bool:
+    """``component.matches(name)``, a failure of which is the plugin's, named as such."""
+    try:
+        return bool(component.matches(name))
+    except Exception as exc:
+        raise PluginError(f"plugin '{provider}': {_qualname(component)}.matches({name!r:.60}) failed: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _has_all_defaults(options_cls: type) -> bool:
@@ -145,6 +163,11 @@ class Registry:
         name = getattr(component, "NAME", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin '{provider}': {_qualname(component)} has no NAME")
+        options = getattr(component, "Options", None)
+        if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+            # every grid entry's options block is parsed against it: say whose it is, now
+            raise PluginError(f"plugin '{provider}': {_qualname(component)}.Options must be a dataclass, got "
+                              f"{options!r:.80}")
         existing = self._classes[kind].get(name)
         if existing is not None and existing is not component:
             raise PluginError(
@@ -170,7 +193,7 @@ class Registry:
         if name in self._providers[kind]:
             return self._providers[kind][name]
         for component, provider in self._families[kind]:
-            if component.matches(name):
+            if _matches(component, provider, name):
                 return provider
         raise KeyError(name)
 
@@ -191,8 +214,8 @@ class Registry:
         found = self._classes[kind].get(name)
         if found is not None:
             return found
-        for component, _provider in self._families[kind]:
-            if component.matches(name):
+        for component, provider in self._families[kind]:
+            if _matches(component, provider, name):
                 return component
         raise ConfigError(path, self.unknown_message(kind, name))
 
@@ -210,11 +233,11 @@ class Registry:
             ConfigError: unknown name, unknown key or invalid option, with its YAML path.
 
         """
-        threshold = None
+        threshold, display = None, None
         if isinstance(entry, str):
             name, raw_options = entry, {}
         elif isinstance(entry, dict):
-            allowed = {"name", "options"} | ({"threshold"} if allow_threshold else set())
+            allowed = {"name", "options", "label"} | ({"threshold"} if allow_threshold else set())
             unknown = sorted(set(entry) - allowed, key=str)
             if unknown:
                 raise ConfigError(join_key(path, unknown[0]),
@@ -224,6 +247,7 @@ class Registry:
             name, raw_options = entry["name"], entry.get("options") or {}
             if allow_threshold and entry.get("threshold") is not None:
                 threshold = parse_threshold(entry["threshold"], f"{path}.threshold")
+            display = parse_label(entry.get("label"), f"{path}.label")
         else:
             raise ConfigError(path, f"expected a {kind} name or a mapping with 'name' and 'options', got {entry!r}")
         if not isinstance(name, str) or not name:
@@ -231,7 +255,8 @@ class Registry:
                               f"expected a {kind} name, got {name!r}")
         cls = self.get(kind, name, path)
         options = parse_options(cls.Options, raw_options, f"{path}.options", f"{kind} '{name}'")
-        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, path=path, threshold=threshold)
+        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, path=path, threshold=threshold,
+                             display=display)
 
     def families(self, kind: str) -> list[type]:
         """Classes of ``kind`` that serve a family of names (``matches``), in registration order."""
@@ -258,6 +283,50 @@ class Registry:
             if names:
                 out[kind] = names
         return out
+
+
+MAX_LABEL_LENGTH = 40
+"""Longest ``label`` a grid entry may give (it is shown in every table column)."""
+
+
+def parse_label(raw: Any, path: str) -> str | None:
+    """A grid entry's ``label``: a short, printable, single-line name (None when not given)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(path, f"expected a short text label, got {raw!r}")
+    text = raw.strip()
+    if len(text) > MAX_LABEL_LENGTH or not text.isprintable():
+        raise ConfigError(path, f"a label is one printable line of at most {MAX_LABEL_LENGTH} characters")
+    return text
+
+
+def short_labels(specs: Sequence[ComponentSpec]) -> list[str]:
+    """Display labels for one axis of a grid: each entry's ``label``, else as short as tells them apart.
+
+    A name used once in the axis is shown alone (``phantom``, not its every option); entries
+    sharing a name show only the options in which they differ (``phantom[difficulty=0.3]``).
+    Entries that still look alike keep their full label.
+    """
+    out = []
+    for spec in specs:
+        if spec.display:
+            out.append(spec.display)
+            continue
+        same = [s for s in specs if s.name == spec.name]
+        if len(same) == 1:
+            out.append(spec.name)
+            continue
+        mine = spec.options_dict()
+        differing = sorted(k for k in mine if any(s.options_dict().get(k) != mine[k] for s in same))
+        inner = ",".join(f"{k}={mine[k]}" for k in differing)
+        out.append(f"{spec.name}[{inner}]" if inner else spec.full_label())
+    return out
+
+
+def with_short_labels(specs: Sequence[ComponentSpec]) -> tuple[ComponentSpec, ...]:
+    """``specs`` with their display labels set (:func:`short_labels`); ids are unchanged."""
+    return tuple(dataclasses.replace(s, display=label) for s, label in zip(specs, short_labels(specs), strict=True))
 
 
 def parse_threshold(raw: Any, path: str) -> dict[str, Any]:

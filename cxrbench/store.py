@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import transferstore
 from .artifacts import DB_NAME, CellArtifacts
 from .errors import UsageError
 from .records import CellResult, LocalizerResult, json_safe
@@ -61,6 +62,35 @@ CREATE TABLE IF NOT EXISTS grids (
     updated_at REAL NOT NULL
 );
 """
+
+
+def busy_wait_s() -> float:
+    """How long a write waits for another process's lock (``CXRBENCH_STORE_BUSY_S``, default 600 s)."""
+    try:
+        return max(0.0, float(os.environ.get("CXRBENCH_STORE_BUSY_S", "600")))
+    except ValueError:
+        return 600.0
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def store_error(db_path: Path, exc: sqlite3.Error) -> UsageError:
+    """One line for an environment fault met while writing the store (full disk, damage, ...)."""
+    text = str(exc).strip() or type(exc).__name__
+    lower = text.lower()
+    if "full" in lower:
+        return UsageError(f"{db_path}: the disk is full (SQLite: {text}); free some space and rerun: finished cells "
+                          "are kept and the run resumes where it stopped")
+    if "malformed" in lower or "not a database" in lower or "corrupt" in lower:
+        return UsageError(f"{db_path}: the results database is damaged (SQLite: {text}); restore a copy, or "
+                          f"recover it with: sqlite3 {db_path} .recover | sqlite3 recovered.sqlite")
+    if _is_busy(exc):
+        return UsageError(f"{db_path}: the results store stayed locked by another process (SQLite: {text}); "
+                          "rerun when it is free")
+    return UsageError(f"{db_path}: cannot write the results store (SQLite: {text})")
 
 
 def dumps(value: Any) -> str:
@@ -120,33 +150,92 @@ class ResultsStore:
     """The SQLite database and artifact folders under one results directory.
 
     Args:
-        root: the results directory (created if missing).
+        root: the results directory (created if missing, unless ``readonly``).
+        readonly: open an existing store for reading only (``leaderboard``, ``show``,
+            ``report``): nothing is written, not even a schema migration, so a store on a
+            read-only filesystem or folder opens.
+
+    Raises:
+        UsageError: one line, when there is no store to read, the folder cannot be written
+            (not ``readonly``), or the file is not a results database.
 
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, readonly: bool = False) -> None:
         self.root = Path(root)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create results directory {self.root}: {exc.strerror}") from None
+        self.readonly = readonly
         self.db_path = self.root / DB_NAME
+        self._lock_file: Any = None
+        self._columns: dict[str, set[str]] = {}
+        self._tables: set[str] | None = None  # a read-only store's tables (None: every table, made at open)
+        if not readonly:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create results directory {self.root}: {exc.strerror}") from None
+            if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
+                raise UsageError(f"{self.root} is read-only: results cannot be recorded there "
+                                 "(leaderboard, show and report still read it; run with --results DIR)")
         if self.db_path.is_file() and self.db_path.stat().st_size == 0:
             # SQLite would silently start a new store in it: results believed saved would be gone
             raise UsageError(f"{self.db_path}: empty file, not a cxrbench results database "
                              "(delete it to start a new store)")
+        if readonly:
+            self._conn = self._connect_readonly()
+            return
         try:
-            self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            # each attempt waits SQLite's own busy timeout; transaction() retries up to busy_wait_s()
+            self._conn = sqlite3.connect(self.db_path, timeout=min(60.0, busy_wait_s()), isolation_level=None)
             self.journal_mode = journal_mode_for(self.root)
             self._conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(SCHEMA)
+            self._conn.executescript(SCHEMA + transferstore.SCHEMA)
             self._migrate()
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):  # e.g. a read-only file in a writable folder
+                raise UsageError(f"{self.db_path} is read-only: results cannot be recorded there "
+                                 "(run with --results DIR)") from None
+            raise UsageError(f"{self.db_path}: not a cxrbench results database ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.db_path}: not a cxrbench results database ({exc})") from None
-        self._lock_file: Any = None
 
     # ------------------------------------------------------------------ housekeeping
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that never writes: ``mode=ro``, else ``immutable=1``.
+
+        ``mode=ro`` still sees a concurrent run's commits; it needs the WAL index files, which
+        a read-only folder may lack, and there ``immutable=1`` (SQLite reads the file as a
+        snapshot, taking no locks) is the way in: no process can write such a folder anyway.
+        """
+        if not self.db_path.is_file():
+            raise UsageError(f"{self.root}: no results yet (run 'cxrbench run --grid GRID' first)")
+        uri = self.db_path.resolve().as_uri()
+        problem: Exception | None = None
+        for flags in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=60, isolation_level=None)
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.OperationalError as exc:  # unable to open: no WAL index in a read-only folder
+                problem = exc
+                continue
+            except sqlite3.DatabaseError as exc:
+                raise UsageError(f"{self.db_path}: not a cxrbench results database ({exc})") from None
+            if not {"cells", "localizations", "grid_cells", "grids"} <= tables:
+                conn.close()
+                raise UsageError(f"{self.db_path}: not a cxrbench results database (no cxrbench tables)")
+            self.journal_mode = "read-only"
+            self._tables = tables
+            self._columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
+                             for t in ("cells", "localizations")}
+            return conn
+        raise UsageError(f"{self.db_path}: cannot be opened for reading ({problem})")
+
+    def _column(self, table: str, alias: str, column: str, default: str) -> str:
+        """``alias.column``, or ``default`` where a read-only store predates that column (no migration)."""
+        if self.readonly and column not in self._columns.get(table, {column}):
+            return f"{default} AS {column}"
+        return f"{alias}.{column}" if alias else column
 
     def _migrate(self) -> None:
         for table, column, decl in MIGRATIONS:
@@ -197,14 +286,44 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception.
+
+        Waiting for another process's write lock is retried for :func:`busy_wait_s` in all
+        (``CXRBENCH_STORE_BUSY_S``, default 600 s); a full disk, a damaged database or a
+        lock held for longer is one :class:`UsageError` line. Nothing of the transaction
+        is written then, and what was committed before stays: the run can be resumed.
+        """
+        self._begin()
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(self.db_path, exc) from None
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise store_error(self.db_path, exc) from None
+
+    def _begin(self) -> None:
+        waited_until = time.monotonic() + busy_wait_s()
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise store_error(self.db_path, exc) from None
+                if time.monotonic() >= waited_until:
+                    raise UsageError(f"{self.db_path}: another process has held the results store's write lock "
+                                     f"for over {busy_wait_s():.0f} s (another cxrbench, or a tool with the "
+                                     "database open); finished cells are kept: rerun when it is free, or set "
+                                     "CXRBENCH_STORE_BUSY_S to wait longer") from None
+                time.sleep(0.5)
 
     # ------------------------------------------------------------------ artifacts
 
@@ -230,6 +349,20 @@ class ResultsStore:
             conn.executemany(
                 "INSERT OR IGNORE INTO grid_cells(grid, cell_id, position) VALUES (?, ?, ?)",
                 [(name, cid, i) for i, cid in enumerate(cell_ids)],
+            )
+
+    def relabel(self, labels: dict[str, tuple[str, str, str]]) -> None:
+        """Show stored cells under their grid's current labels: ``{cell_id: (dataset, backbone, head)}``.
+
+        Labels are display names only (a grid's ``label:`` keys, or the short names worked
+        out from it), so a cell recorded under an older label is shown, grouped and
+        exported under the new one; its id and numbers are untouched.
+        """
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE cells SET dataset = ?, backbone = ?, head = ? WHERE cell_id = ? "
+                "AND (dataset != ? OR backbone != ? OR head != ?)",
+                [(*axes, cid, *axes) for cid, axes in labels.items()],
             )
 
     def write_result(self, grid: str | None, result: CellResult, *, replace_localizations: bool = False,
@@ -281,6 +414,8 @@ class ResultsStore:
                     (result.cell_id, loc.key, loc.name, loc.status, loc.error, dumps(loc.metrics),
                      dumps(loc.settings), loc.traceback),
                 )
+            # cross-dataset evaluations: rows of their own, so a failed one never touches the cell's
+            transferstore.write(conn, result.cell_id, result.transfers, replace=replace_localizations)
             if before_commit is not None:
                 before_commit()
 
@@ -289,6 +424,49 @@ class ResultsStore:
     def statuses(self) -> dict[str, str]:
         """``{cell_id: status}`` of every recorded cell."""
         return dict(self._conn.execute("SELECT cell_id, status FROM cells").fetchall())
+
+    def data_versions(self) -> dict[str, str | None]:
+        """``{cell_id: info.data_version}`` of every ``ok`` cell (None: recorded before versions were)."""
+        out: dict[str, str | None] = {}
+        for cid, info in self._conn.execute("SELECT cell_id, info FROM cells WHERE status = 'ok'"):
+            try:
+                version = json.loads(info or "{}").get("data_version")
+            except (ValueError, AttributeError):
+                version = None
+            out[cid] = version if isinstance(version, str) else None
+        return out
+
+    def adopt_data_versions(self, versions: dict[str, str]) -> int:
+        """Stamp ``ok`` cells recorded before data versions were with the data's version now.
+
+        Such a record cannot tell which data it was computed on; taking today's keeps it
+        ``done`` and lets a later change of the data mark it stale. Cells with a version are
+        left alone.
+
+        Returns:
+            How many records were stamped.
+
+        """
+        missing = [cid for cid, version in self.data_versions().items() if version is None and cid in versions]
+        if not missing:
+            return 0
+        with self.transaction() as conn:
+            for cid in missing:
+                (text,) = conn.execute("SELECT info FROM cells WHERE cell_id = ?", (cid,)).fetchone()
+                try:
+                    info = json.loads(text or "{}")
+                except ValueError:
+                    info = {}
+                info = info if isinstance(info, dict) else {}
+                conn.execute("UPDATE cells SET info = ? WHERE cell_id = ?",
+                             (dumps({**info, "data_version": versions[cid]}), cid))
+        return len(missing)
+
+    def transfer_statuses(self, cell_id: str) -> dict[str, str]:
+        """``{transfer_key: status}`` of one cell's cross-dataset evaluations (``evaluate_on:``)."""
+        if self._tables is not None and "transfers" not in self._tables:  # a read-only store from before them
+            return {}
+        return transferstore.statuses(self._conn, cell_id)
 
     def localizer_statuses(self, cell_id: str) -> dict[str, str]:
         """``{localizer_key: status}`` recorded for one cell."""
@@ -331,7 +509,8 @@ class ResultsStore:
         return out
 
     def _localizations(self, cell_ids: list[str] | None) -> dict[str, list[LocalizerResult]]:
-        query = ("SELECT cell_id, localizer_key, localizer, status, error, metrics, settings, traceback "
+        query = ("SELECT cell_id, localizer_key, localizer, status, error, metrics, settings, "
+                 f"{self._column('localizations', '', 'traceback', 'NULL')} "
                  "FROM localizations ORDER BY localizer, localizer_key")
         out: dict[str, list[LocalizerResult]] = {}
         wanted = set(cell_ids) if cell_ids is not None else None
@@ -344,13 +523,16 @@ class ResultsStore:
         return out
 
     def _cells(self, where: str = "", params: tuple = (), grid: str | None = None) -> list[CellResult]:
+        provenance, warnings = (self._column("cells", "c", name, "''") for name in ("provenance", "warnings"))
         query = (
             "SELECT c.cell_id, c.dataset, c.backbone, c.head, c.seed, c.config, c.status, c.error, "
-            "c.traceback, c.metrics, c.info, c.started_at, c.finished_at, c.provenance, c.warnings FROM cells c "
+            f"c.traceback, c.metrics, c.info, c.started_at, c.finished_at, {provenance}, {warnings} FROM cells c "
             + where
         )
         rows = self._conn.execute(query, params).fetchall()
         locs = self._localizations([r[0] for r in rows] if len(rows) < 500 else None)
+        transfers = transferstore.read(self._conn, [r[0] for r in rows] if len(rows) < 500 else None) \
+            if self._tables is None or "transfers" in self._tables else {}  # a read-only store from before them
         grids = self.grids_of() if grid is None else {}
         out = []
         for (cid, ds, bb, hd, seed, config, status, error, tb, metrics, info, started, finished, prov,
@@ -362,7 +544,7 @@ class ResultsStore:
                 "metrics": json.loads(metrics), "info": json.loads(info),
                 "started_at": started, "finished_at": finished, "provenance": json.loads(prov or "{}"),
                 "warnings": json.loads(warnings or "[]"),
-            }).replace(localizations=tuple(locs.get(cid, ()))))
+            }).replace(localizations=tuple(locs.get(cid, ())), transfers=tuple(transfers.get(cid, ()))))
         return out
 
     def cells(self, grid: str | None = None) -> list[CellResult]:

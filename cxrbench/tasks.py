@@ -29,6 +29,30 @@ class LocalizerTask:
 
 
 @dataclasses.dataclass(frozen=True)
+class TransferTask:
+    """One other dataset to score a trained cell on (``evaluate_on:``), without retraining.
+
+    Attributes:
+        key: the evaluation's stable key (``cxrbench.crosseval.transfer_key``).
+        target: the resolved target dataset choice.
+        source: the cell's dataset label, for the ``source -> target`` name.
+        localizers: the localizers scored on the target's boxes or masks (the cell's, all of
+            them: a new target is explained by every localizer the cell has).
+
+    """
+
+    key: str
+    target: ComponentSpec
+    source: str
+    localizers: tuple[LocalizerTask, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``source -> target`` (``nih -> vindr``)."""
+        return f"{self.source} -> {self.target.label()}"
+
+
+@dataclasses.dataclass(frozen=True)
 class CellTask:
     """Everything a worker needs to run one cell.
 
@@ -46,6 +70,8 @@ class CellTask:
         force: retrain even when a finished training of this exact cell is on disk
             (``--force``); otherwise a cell whose training finished but whose evaluation
             was interrupted resumes from its ``best.pt`` and only re-evaluates.
+        transfers: other datasets to score the trained model on (``evaluate_on:``; only the
+            missing ones on a finished cell), after its own evaluation.
 
     """
 
@@ -59,6 +85,7 @@ class CellTask:
     retrain: bool = True
     executor: str = "local"
     force: bool = False
+    transfers: tuple[TransferTask, ...] = ()
 
     @property
     def cell_id(self) -> str:

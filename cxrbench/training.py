@@ -526,6 +526,32 @@ def _resume(path: Path, model: nn.Module, setup: _Setup) -> tuple[int, list[dict
     return state.epoch, list(state.history), selection
 
 
+def _resume_or_restart(path: Path, model: nn.Module, setup: _Setup, train_data: PreparedSplit, spec: TrainSpec,
+                       seed: int, warn: Callable[[str], None] | None,
+                       ) -> tuple[int, list[dict[str, Any]], Selection, _Setup]:
+    """Resume from ``path``; when it cannot be used, move it aside and train from scratch.
+
+    A ``last.pt`` that cannot be read or does not fit the cell would otherwise fail the cell
+    on every rerun. It is renamed ``last.pt.corrupt`` (kept for a look, never read again),
+    ``warn`` gets one line naming it, and the weights, the global random stream and the
+    optimiser are put back as they were, so the cell trains exactly as a fresh one would.
+    """
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a failed restore may have begun
+    global_rng = torch.get_rng_state()
+    try:
+        start, history, selection = _resume(path, model, setup)
+        return start, history, selection, setup
+    except CellError as exc:
+        model.load_state_dict(initial)
+        torch.set_rng_state(global_rng)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        if warn is not None:
+            warn(f"{str(exc).removesuffix(_RETRAIN_HINT)}; moved it to {aside.name} and training the cell from "
+                 "scratch")
+        return 0, [], Selection(), _Setup.create(model, train_data, spec, seed=seed, device=setup.device)
+
+
 def _val_auroc(history: list[dict[str, Any]]) -> float | None:
     """The latest epoch's validation mean AUROC for progress reports (None: not validated or undefined)."""
     value = history[-1].get("val_auroc_mean") if history else None
@@ -542,6 +568,7 @@ def train_model(
     device: torch.device,
     checkpoint_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place; on return it holds the selected (best or last) weights.
 
@@ -557,10 +584,11 @@ def train_model(
             val_auroc)`` after every step (``loss``: the epoch's running mean, see :class:`EpochLoss`;
             ``val_auroc``: the previous epoch's), and once more after each epoch's validation
             with that epoch's exact mean loss and validation AUROC.
+        warn: receives one line when ``last.pt`` cannot be resumed from (it is moved to
+            ``last.pt.corrupt`` and training starts from scratch).
 
     Raises:
-        CellError: on a non-finite loss (with the epoch), an empty training split, or a
-            ``last.pt`` that cannot be read or does not fit the model.
+        CellError: on a non-finite loss (with the epoch) or an empty training split.
 
     """
     if len(train_data) == 0:
@@ -571,7 +599,7 @@ def train_model(
     start, history, selection = 0, [], Selection()
     kept_val_scores: np.ndarray | None = None
     if last_path is not None and last_path.exists():
-        start, history, selection = _resume(last_path, model, setup)
+        start, history, selection, setup = _resume_or_restart(last_path, model, setup, train_data, spec, seed, warn)
 
     images, seconds = 0, 0.0
     for epoch in range(start + 1, spec.epochs + 1):

@@ -239,3 +239,74 @@ def test_item14_an_image_claiming_too_many_pixels_is_refused_by_name_before_deco
                      + chunk(b"IEND", b""))
     with pytest.raises(ImageReadError, match=r"huge\.png: 200000 x 200000 pixels is above the limit"):
         read_grey(path)
+
+
+def test_item15_sys_exit_at_import_is_a_plugin_error_naming_it(monkeypatch, tmp_path):
+    from cxrbench.errors import PluginError
+    from cxrbench.manager import build_plugin_manager
+
+    (tmp_path / "cxrbench_test_exits.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CXRBENCH_PLUGINS", "cxrbench_test_exits")
+    import pytest
+
+    with pytest.raises(PluginError, match=r"plugin 'cxrbench_test_exits'.*SystemExit"):
+        build_plugin_manager()
+
+
+def test_item15_bad_matches_and_non_dataclass_options_name_the_plugin():
+    import pytest
+
+    from cxrbench.errors import PluginError
+    from cxrbench.interfaces import PoolingHead
+    from cxrbench.registry import Registry
+
+    class NotADataclass:
+        pass
+
+    class Odd(PoolingHead):
+        NAME = "odd"
+        Options = NotADataclass
+
+    with pytest.raises(PluginError, match=r"plugin 'evil': .*Odd\.Options must be a dataclass"):
+        Registry().add("head", Odd, "evil")
+
+    class Family(PoolingHead):
+        NAME = "family"
+
+        @classmethod
+        def matches(cls, name):
+            raise RuntimeError("boom")
+
+    registry = Registry()
+    registry.add("head", Family, "evil")
+    with pytest.raises(PluginError, match=r"plugin 'evil': .*Family\.matches\('other'\) failed: RuntimeError: boom"):
+        registry.get("head", "other")
+
+
+def test_item15_control_characters_in_plugin_columns_are_shown_not_obeyed(toy_pm, run_cli, tmp_path,
+                                                                           tiny_grid_dict):
+    import yaml
+
+    import cxrbench
+    from cxrbench.reporting.rows import add_plugin_columns, printable, rows_from_cells
+    from cxrbench.store import ResultsStore
+
+    assert printable("ok\x1b]0;pwned\x07\n") == "ok\\x1b]0;pwned\\x07\\n"
+
+    class Columns:
+        @cxrbench.hookimpl
+        def cxrbench_leaderboard_columns(self, records):
+            return {"note\x1b[2J": ["\x1b[31mred\x1b[0m"] * len(records)}
+
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict))
+    assert run_cli("run", "--grid", grid, "--results", tmp_path / "r", "--no-progress").exit_code == 0
+    toy_pm.register(Columns(), name="columns")
+    try:
+        with ResultsStore(tmp_path / "r") as store:
+            rows = add_plugin_columns(rows_from_cells(store.cells()), toy_pm)
+    finally:
+        toy_pm.unregister(name="columns")
+    assert rows[0].columns == {"note\\x1b[2J": "\\x1b[31mred\\x1b[0m"}

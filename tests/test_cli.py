@@ -42,7 +42,8 @@ def test_usage_errors_exit_4(run_cli, tmp_path):
 def test_dry_run_lists_cells(run_cli, grid_file, tmp_path):
     result = run_cli("run", "--grid", grid_file, "--results", tmp_path / "r", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert result.output.count("to run") == 2
+    assert result.output.count("to train") == 3  # 2 cells, and the summary line
+    assert "2 cells: 2 to train, 0 done" in result.output
     assert not (tmp_path / "r" / "cxrbench.sqlite").exists()
 
 
@@ -210,5 +211,5 @@ def test_dry_run_after_adding_a_localizer_says_nothing_retrains(run_cli, tmp_pat
     tiny_grid_dict["localizers"] = ["cam", "gradcam"]
     path.write_text(yaml.safe_dump(tiny_grid_dict))
     out = run_cli("run", "--grid", path, "--results", tmp_path / "r", "--dry-run").output
-    assert out.count("trained; to evaluate: gradcam") == 2 and "to run" not in out
-    assert "0 cells to train, 2 localizer runs on 2 trained cells (no retraining), 0 done" in out
+    assert out.count("trained; to evaluate: gradcam") == 2 and out.count("to train") == 1
+    assert "2 cells: 0 to train, 2 localizer runs on 2 trained cells (no retraining), 0 done" in out

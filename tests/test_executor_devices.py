@@ -47,14 +47,16 @@ def test_a_worker_pins_its_gpu_before_cuda_starts(monkeypatch):
     import multiprocessing
 
     import cxrbench_executors
+    from cxrbench_executors.pool import WorkerPool
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    slots = multiprocessing.get_context("spawn").Queue()
-    slots.put("1")
-    cxrbench_executors._init_worker(1, None, slots)
+    cxrbench_executors.pin_gpu("1")
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    # each pool slot keeps its GPU, so a replacement worker is pinned to the same one
+    pool = WorkerPool(3, 1, ["0", "1", "0"], multiprocessing.get_context("spawn"))
+    assert [s.gpu for s in pool.slots] == ["0", "1", "0"]
 
 
 def test_process_options_reject_bad_gpus(toy_registry):

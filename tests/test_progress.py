@@ -102,7 +102,7 @@ def test_plain_lines_during_a_cli_run(run_cli, tmp_path, tiny_grid_dict, flags):
     lines = result.output.splitlines()
     ids = [r["cell_id"] for r in json.loads(run_cli("leaderboard", "--results", results, "--format", "json",
                                                     "--filter", "localizer=cam").output)]
-    assert "2 cells: 2 to run, 0 already in the store" in lines
+    assert "2 cells: 2 to train, 0 done" in lines
 
     def index(pattern: str) -> int:
         found = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line)]
@@ -116,7 +116,8 @@ def test_plain_lines_during_a_cli_run(run_cli, tmp_path, tiny_grid_dict, flags):
     for n, head in ((1, "avg"), (2, "max")):
         cid = next(c for c in ids if c in "\n".join(line for line in lines if f"/ {head} /" in line))
         short = re.escape(cid[:8])
-        start = index(rf"\[{n}/2\] start {cid} toy\[num_images=64\] / tiny\[width=4\] / {head} / seed 0")
+        # one dataset and one backbone in the grid: their short labels are the bare names
+        start = index(rf"\[{n}/2\] start {cid} toy / tiny / {head} / seed 0 \(on pid \d+\)")
         epochs = [index(rf"    {short} train epoch {e}/2 \(2 steps\)") for e in (1, 2)]
         finish = index(rf"\[{n}/2\] ok {cid} in \d+s auroc_mean=\d\.\d{{3}} \({n} of 2 done"
                        + (r", eta \d+:\d\d:\d\d\)" if n == 1 else r"\)"))
@@ -130,7 +131,7 @@ def test_plain_lines_during_a_cli_run(run_cli, tmp_path, tiny_grid_dict, flags):
             assert count(rf"    {short} {phase}( \(\d+ steps\))?") == 1, phase
     assert positions == sorted(positions)  # start, epoch lines, finish; then the next cell
     again = run_cli("run", "--grid", grid, "--results", results, *flags)
-    assert "2 cells: 0 to run, 2 already in the store" in again.output
+    assert "2 cells: 0 to train, 2 done" in again.output
 
 
 def test_rich_display_on_a_terminal_during_a_cli_run(run_cli, tmp_path, tiny_grid_dict, monkeypatch):
@@ -142,7 +143,8 @@ def test_rich_display_on_a_terminal_during_a_cli_run(run_cli, tmp_path, tiny_gri
     assert result.exit_code == 0, result.output
     shown = terminal.file.getvalue()
     assert "cells (2 in grid)" in shown and "2/2" in shown and "eta" in shown
-    assert f"{_label('avg')}: ok auroc_mean=" in shown
+    assert f"{_label('avg', dataset='toy', backbone='tiny')}: ok auroc_mean=" in shown
+    assert "2 cells: 2 to train, 0 done" in shown
     assert "start " not in shown  # not the plain lines
     assert "Classification leaderboard: tiny" in shown
 
@@ -184,16 +186,20 @@ def test_plain_lines_count_starts_and_finishes_and_print_markup_literally():
     clock.now += 30.0
     ui.cell_finished(_result("aaaaaaaaaaaa", auroc=0.75, seconds=40.0))
     ui.cell_started("bbbbbbbbbbbb")
+    ui.cell_retried("bbbbbbbbbbbb", 2, "node 127.0.0.1 died\n(raylet)")
+    ui.cell_started("bbbbbbbbbbbb", "node 127.0.0.2")
     ui.cell_finished(_result("bbbbbbbbbbbb", "max", status="failed", error="KeyError: '[/bold] [width=4]'"))
     ui.stop()
     assert _lines(ui) == [
         "3 cells: 2 to run, 1 already in the store",
-        f"[1/2] start aaaaaaaaaaaa {_label()}",
+        f"[1/2] start aaaaaaaaaaaa {_label()} (on pid 1)",
         "    aaaaaaaa train epoch 1/2 (10 steps)",
         "warning: cell aaaaaaaaaaaa: image [bold]x.png[/bold]\\nunreadable",  # kept on one line
         "warning: dataset [red]warning[/]",
         "[1/2] ok aaaaaaaaaaaa in 40s auroc_mean=0.750 (1 of 2 done, eta 0:00:40)",
         f"[2/2] start bbbbbbbbbbbb {_label('max')}",
+        "retry: cell bbbbbbbbbbbb attempt 2 after node 127.0.0.1 died\\n(raylet)",
+        "    bbbbbbbb attempt 2 started on node 127.0.0.2",
         "[2/2] failed bbbbbbbbbbbb in 0s KeyError: '[/bold] [width=4]' (2 of 2 done)",
     ]
 
@@ -206,11 +212,11 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
         ui.cell_started("aaaaaaaaaaaa", "pid 1")
         screen = _screen(ui)
         assert "cells (4 in grid)" in screen and "0/3" in screen and "eta ?" in screen
-        assert f"aaaaaaaaaaaa {_label()}" in screen
+        assert f"aaaaaaaa {_label()}" in screen and "pid 1" in screen
         clock.now += 26.0
         ui.progress("aaaaaaaaaaaa", _train(2, 3, loss=0.4123))  # 26 % of the cell's training in 26 s: ~100 s a cell
         screen = _screen(ui)
-        assert re.search(r"avg / seed 0 +train epoch 2/5 loss 0\.412 .* 3/10", screen), screen
+        assert re.search(r"avg / seed 0 +train epoch 2/5 loss 0\.412 .* 3/10 .* pid 1", screen), screen
         assert "eta 0:04:34" in screen  # 3 cells x 100 s, less the 26 s spent
         clock.now += 74.0
         ui.progress("aaaaaaaaaaaa", _train(5, 10, loss=0.3, val_auroc=0.8))
@@ -218,12 +224,17 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
         ui.cell_finished(_result("aaaaaaaaaaaa", auroc=0.75))
         screen = _screen(ui)
         assert "1/3" in screen and "eta 0:03:20" in screen  # 2 cells left at 100 s each
+        assert "aaaaaaaa" not in screen  # a finished cell's line is gone
         ui.cell_started("bbbbbbbbbbbb")
         clock.now += 30.0
         ui.progress("bbbbbbbbbbbb", Progress("predict", 1, 4, detail="test"))
         screen = _screen(ui)
-        assert "bbbbbbbbbbbb" in screen and re.search(r"max / seed 0 +predict test .* 1/4", screen), screen
+        assert "bbbbbbbb" in screen and re.search(r"max / seed 0 +predict test .* 1/4", screen), screen
         assert "eta 0:02:50" in screen  # the cell in flight has used 30 of its 100 s
+        ui.cell_retried("bbbbbbbbbbbb", 2, "node died")
+        ui.cell_started("bbbbbbbbbbbb", "node 10.0.0.2")
+        screen = _screen(ui)
+        assert "bbbbbbbb" in screen and "(attempt 2)" in screen and "node 10.0.0.2" in screen, screen
         ui.warning("bbbbbbbbbbbb", "a [bold]bracketed[/bold] warning")
         ui.cell_finished(_result("bbbbbbbbbbbb", "max", status="failed", error="KeyError: '[/bold] [width=4]'"))
     finally:
@@ -234,34 +245,51 @@ def test_rich_display_shows_cells_epoch_batches_and_eta():
     # error text with brackets is printed as is, not parsed as rich markup (which would raise)
     assert f"bbbbbbbbbbbb {_label('max')}: failed KeyError: '[/bold] [width=4]'" in out
     assert "warning: cell bbbbbbbbbbbb: a [bold]bracketed[/bold] warning" in out
+    assert "retry: bbbbbbbbbbbb attempt 2 after node died" in out
 
 
-def test_rich_display_follows_the_cell_that_started_last():
-    # a parallel executor interleaves cells: the phase bar shows the latest started one only
+def test_rich_display_shows_a_line_per_running_cell_with_its_worker():
+    # a parallel executor runs several cells: each has its own line, phase and worker
     ui = RichProgress(_terminal(), clock=FakeClock())
     ui.start(total=2, pending=2, skipped=0, labels={"aaaaaaaaaaaa": _label(), "bbbbbbbbbbbb": _label("max")})
     try:
-        ui.cell_started("aaaaaaaaaaaa")
-        ui.cell_started("bbbbbbbbbbbb")
+        ui.cell_started("aaaaaaaaaaaa", "worker 1 (pid 11)")
+        ui.cell_started("bbbbbbbbbbbb", "worker 2 (pid 12)")
         ui.progress("bbbbbbbbbbbb", Progress("load", 0, 1, detail="train"))
-        ui.progress("aaaaaaaaaaaa", _train(1, 3))
+        ui.progress("aaaaaaaaaaaa", _train(1, 3, loss=0.5))
         screen = _screen(ui)
     finally:
         ui.stop()
-    assert re.search(r"bbbbbbbbbbbb .*max / seed 0 +load train", screen), screen
-    assert "train epoch" not in screen
+    assert re.search(r"aaaaaaaa .*avg / seed 0 +train epoch 1/5 loss 0\.500 .* worker 1 \(pid 11\)", screen), screen
+    assert re.search(r"bbbbbbbb .*max / seed 0 +load train .* worker 2 \(pid 12\)", screen), screen
+
+
+def test_rich_epoch_bar_restarts_each_epoch_so_its_eta_moves():
+    # rich estimates a bar's speed from its counts: when epoch 2 counted down from 16 to 1
+    # on the same bar, its ETA stuck at 0:00:00 until the end (issue 15)
+    ui = RichProgress(_terminal(), clock=FakeClock())
+    ui.start(total=1, pending=1, skipped=0, labels={"aaaaaaaaaaaa": _label()})
+    try:
+        ui.cell_started("aaaaaaaaaaaa")
+        ui.progress("aaaaaaaaaaaa", _train(1, 16, 16, 3))
+        ui.progress("aaaaaaaaaaaa", _train(2, 1, 16, 3))
+        task = ui.bars.tasks[ui.running["aaaaaaaaaaaa"]]
+        assert task.completed == 1 and task.total == 16
+        assert all(sample.completed <= 1 for sample in task._progress)  # epoch 1's steps are forgotten
+    finally:
+        ui.stop()
 
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_rich_display_keeps_phase_counts_and_eta_visible_beside_a_long_label(width):
-    # a dataset label with its options (the quickstart's is ~120 characters) must not push the
-    # phase, the step counts and the ETA off a common terminal: the label is cut instead
+    # a long label (a user's own, or a dataset's options) must not push the phase, the step
+    # counts and the ETA off a common terminal: the label is cut instead
     clock = FakeClock()
     ui = RichProgress(_terminal(width), clock=clock)
     dataset = "phantom[classes=['Cardiomegaly', 'Effusion', 'Mass', 'Nodule', 'Pneumothorax'],num_images=800]"
     ui.start(total=3, pending=3, skipped=0, labels={"cccccccccccc": _label(dataset=dataset, backbone="resnet18")})
     try:
-        ui.cell_started("cccccccccccc")
+        ui.cell_started("cccccccccccc", "pid 7")
         clock.now += 10.0
         ui.progress("cccccccccccc", _train(1, 5, 10, 2))  # a quarter of the cell in 10 s: 40 s per cell, 110 s left
         screen = _screen(ui, width)
@@ -270,7 +298,7 @@ def test_rich_display_keeps_phase_counts_and_eta_visible_beside_a_long_label(wid
     lines = screen.splitlines()
     assert len(lines) == 2 and all(len(line) <= width for line in lines), screen
     assert "cells (3 in grid)" in lines[0] and "0/3" in lines[0] and "eta 0:01:50" in lines[0], screen
-    assert "cccccccccccc phan" in lines[1] and "…" in lines[1], screen
+    assert "cccccccc phan" in lines[1] and "…" in lines[1], screen
     assert re.search(r"train epoch 1/2 .* 5/10", lines[1]), screen
 
 
@@ -323,7 +351,8 @@ def test_training_events_reach_the_display(toy_pm, toy_registry, tiny_grid_dict,
         summary = run_grid(grid, toy_pm, store, display=ui)
     assert summary.ok == 2
     assert calls[0][:2] == ("start", 2)
-    assert sorted(calls[0][2].values()) == [_label("avg"), _label("max")]
+    assert sorted(calls[0][2].values()) == [_label("avg", dataset="toy", backbone="tiny"),
+                                            _label("max", dataset="toy", backbone="tiny")]
     events = [c for c in calls if c[0] in ("started", "finished")]
     assert [e[0] for e in events] == ["started", "finished"] * 2
     assert events[0][1] == events[1][1] != events[2][1] == events[3][1]

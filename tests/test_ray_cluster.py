@@ -16,7 +16,7 @@ import pytest
 from cxrbench.config import parse_grid
 from cxrbench.driver import run_grid
 from cxrbench.store import ResultsStore
-from tests.test_executors import _plugins_from_env
+from tests.test_executors import RecordingDisplay, _plugins_from_env
 
 SLOW_PLUGIN = textwrap.dedent('''
     """A tiny backbone that trains slowly and tells which Ray node trains it."""
@@ -115,10 +115,15 @@ def test_a_node_killed_mid_cell_is_retried_elsewhere_and_resumes_from_its_last_e
 
         killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
         killer.start()
-        summary = run_grid(grid, pm, store)
+        display = RecordingDisplay()
+        summary = run_grid(grid, pm, store, display=display)
         killer.join(timeout=5)
         (cell,) = store.cells(grid.name)
     assert killed, "the cell finished before its node could be killed"
+    # the display is told of the retry (attempt 2), and each start names the node that ran it
+    assert [(e[1], e[2]) for e in display.of("cell_retried")] == [(cell.cell_id, 2)]
+    starts = [e[2] for e in display.of("cell_started")]
+    assert len(starts) == 2 and starts[0] != starts[1] and all(s.startswith("node ") for s in starts), starts
     assert (summary.ok, summary.failed) == (1, 0), cell.error
     assert cell.info["ran_on"] != killed["node"]
     assert cell.info["resumed_from_epoch"] >= 1  # the retry started from the keeper's last.pt

@@ -6,7 +6,10 @@ and the paired significance test of the top two cells.
 
 from __future__ import annotations
 
+from .calibration_columns import add_calibration
+from .delong_report import DeLongComparison, delong_comparison
 from .exports import FORMATS, export, markdown, to_frame
+from .references import reference_localization_table, reference_rows, reference_table
 from .rows import (
     AXES,
     GROUP_AXES,
@@ -28,17 +31,20 @@ from .tables import classification_table, explain_table, localization_table, per
 
 __all__ = [
     "AXES",
+    "DeLongComparison",
     "FORMATS",
     "GROUP_AXES",
     "LeaderboardRow",
     "LocalizerComparison",
     "Significance",
+    "add_calibration",
     "add_plugin_columns",
     "axes_except",
     "cell_rows",
     "check_sort_key",
     "classification_table",
     "compare_localizers",
+    "delong_comparison",
     "explain_table",
     "export",
     "filter_rows",
@@ -48,6 +54,9 @@ __all__ = [
     "markdown",
     "per_class_table",
     "ranked",
+    "reference_localization_table",
+    "reference_rows",
+    "reference_table",
     "render_tables",
     "rows_from_cells",
     "significance",

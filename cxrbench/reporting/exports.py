@@ -16,7 +16,7 @@ from .columns import cell_text, classification_keys, localization_keys, per_clas
 from .rows import LeaderboardRow, plugin_column_names
 
 ID_COLUMNS = ["cell_id", "grid", "dataset", "backbone", "head", "localizer", "seed", "status"]
-FORMATS = ("table", "json", "csv", "markdown", "html")
+FORMATS = ("table", "json", "csv", "markdown", "html", "latex")
 
 
 def to_frame(rows: Sequence[LeaderboardRow]) -> pd.DataFrame:
@@ -55,8 +55,11 @@ def _flat(prefix: str, value: object) -> dict[str, object]:
     return {prefix: value if not isinstance(value, (list, tuple)) else json.dumps(value)}
 
 
-def export(rows: Sequence[LeaderboardRow], fmt: str, sort_key: str | None = None) -> str:
-    """The rows as ``json``, ``csv``, ``markdown`` or ``html`` text, in the order given.
+def export(rows: Sequence[LeaderboardRow], fmt: str, sort_key: str | None = None, *, ci_style: str = "pm") -> str:
+    """The rows as ``json``, ``csv``, ``markdown``, ``html`` or ``latex`` text, in the order given.
+
+    ``ci_style`` (LaTeX only): ``pm`` writes an interval as ``value ± half-width``,
+    ``interval`` as ``value [low, high]``.
 
     Raises:
         ValueError: for an unknown format.
@@ -72,6 +75,10 @@ def export(rows: Sequence[LeaderboardRow], fmt: str, sort_key: str | None = None
         from .html import html_page, html_tables
 
         return html_page("cxrbench leaderboard", html_tables(rows, sort_key))
+    if fmt == "latex":
+        from .latex import latex_tables
+
+        return latex_tables(rows, sort_key, ci_style=ci_style)
     raise ValueError(f"unknown format {fmt!r}")
 
 

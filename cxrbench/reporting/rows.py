@@ -30,7 +30,10 @@ class LeaderboardRow:
     """One row of a leaderboard: a (cell, localizer) record, or a group of them.
 
     Attributes:
-        kind: ``cell`` for one cell's record, ``group`` for an aggregate of several.
+        kind: ``cell`` for one cell's record, ``group`` for an aggregate of several, ``reference``
+            for a published baseline (``reporting.references``: never ranked or tested).
+            ``transfer`` for a cell scored on another dataset (``evaluate_on:``; ``dataset`` reads
+            ``source -> target``; :mod:`cxrbench.reporting.transfers`).
         cell_id: the cell's id (a group: ``"N cells"``).
         grid: the grid(s) the cell belongs to.
         dataset: axis value (``*`` when a group spans several).
@@ -53,7 +56,7 @@ class LeaderboardRow:
 
     """
 
-    kind: Literal["cell", "group"]
+    kind: Literal["cell", "group", "reference", "transfer"]
     cell_id: str
     grid: str
     dataset: str
@@ -157,7 +160,9 @@ def check_sort_key(rows: Sequence[LeaderboardRow], key: str) -> None:
     if not rows or key in known:
         return
     summaries = sorted(k for k in known if "/" not in k)
-    close = difflib.get_close_matches(key, summaries, n=3, cutoff=0.5)
+    # the headline figure of a family first: 'iou' means 'iou_mean' more often than 'iou>0.5'
+    close = [f"{key}_mean"] if f"{key}_mean" in summaries else []
+    close += [k for k in difflib.get_close_matches(key, summaries, n=3, cutoff=0.5) if k not in close]
     close += [k for k in summaries if k.startswith(key) and k not in close][:3]
     hint = f"; did you mean {', '.join(repr(c) for c in close[:4])}?" if close else \
         f" (e.g. {', '.join(catalogue.known_keys(summaries)[:8])})"
@@ -386,5 +391,12 @@ def add_plugin_columns(rows: list[LeaderboardRow], pm: Any) -> list[LeaderboardR
                               f"{{column name: list of {len(rows)} values}} or None")
         for name, values in answer.items():
             for target, value in zip(columns, values, strict=True):
-                target[name] = value
+                # a plugin's text reaches terminals and files: control characters (escape
+                # sequences that move the cursor or retitle the terminal) are shown, not obeyed
+                target[printable(name)] = printable(value) if isinstance(value, str) else value
     return [r.replace(columns=c) for r, c in zip(rows, columns, strict=True)]
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every non-printable character written as its escape (``\x1b``, ``\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,30 @@ def _sentence(subject: str, other: str, metric: str, test: Significance | Locali
             f"to {test.high:.4f}, paired bootstrap over patients, p = {test.p:.3g})")
 
 
+def top_pair(rows: Sequence[LeaderboardRow]) -> tuple[LeaderboardRow, LeaderboardRow] | None:
+    """The best ok cell by mean AUROC and its runner-up (reference and grouped rows never count)."""
+    ranked = [r for r in cell_rows([r for r in rows if r.kind == "cell" and r.status == "ok"])
+              if not missing(r.metrics.get("auroc_mean"))]
+    return (ranked[0], ranked[1]) if len(ranked) >= 2 else None
+
+
+def paired_predictions(results_root: str | Path, a: LeaderboardRow, b: LeaderboardRow) -> tuple[Any, Any] | None:
+    """Both cells' saved test predictions, or None when one is missing or their test images differ.
+
+    Raises:
+        ValueError, KeyError, OSError: for an unreadable or foreign predictions file.
+
+    """
+    paths = [CellArtifacts.of(results_root, r.cell_id).predictions for r in (a, b)]
+    if not all(p.exists() for p in paths):
+        return None
+    first, second = (np.load(p, allow_pickle=False) for p in paths)
+    ids_a, ids_b = first["ids"], second["ids"]
+    if ids_a.shape != ids_b.shape or not (ids_a == ids_b).all():
+        return None
+    return first, second
+
+
 def significance(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_boot: int = 1000,
                  alpha: float = 0.05) -> Significance | None:
     """Compare the two best cells on their saved test predictions; None without a comparable pair.
@@ -57,19 +82,15 @@ def significance(rows: Sequence[LeaderboardRow], results_root: str | Path, *, n_
     """
     from ..metrics import paired_bootstrap_auroc_diff
 
-    ranked = [r for r in cell_rows([r for r in rows if r.kind == "cell" and r.status == "ok"])
-              if not missing(r.metrics.get("auroc_mean"))]
-    if len(ranked) < 2:
+    pair = top_pair(rows)
+    if pair is None:
         return None
-    best, runner_up = ranked[0], ranked[1]
-    paths = [CellArtifacts.of(results_root, r.cell_id).predictions for r in (best, runner_up)]
-    if not all(p.exists() for p in paths):
-        return None
+    best, runner_up = pair
     try:
-        a, b = (np.load(p, allow_pickle=False) for p in paths)
-        ids_a, ids_b = a["ids"], b["ids"]
-        if ids_a.shape != ids_b.shape or not (ids_a == ids_b).all():
-            return None  # different test sets: no paired comparison
+        loaded = paired_predictions(results_root, best, runner_up)
+        if loaded is None:
+            return None  # no predictions, or different test sets: no paired comparison
+        a, b = loaded
         diff, low, high, p = paired_bootstrap_auroc_diff(a["labels"], a["scores"], b["scores"],
                                                          groups=a["patient_ids"], n_boot=n_boot, seed=0)
     except (ValueError, KeyError, OSError):  # an unreadable or foreign predictions file: no comparison

@@ -65,6 +65,10 @@ def classification_table(rows: Sequence[LeaderboardRow], title: str, sort_key: s
     for key in main:
         table.add_column(catalogue.label(key), justify="right")
     table.add_column(ci_level(rows), min_width=11)
+    # calibration (ece, brier: computed from the stored predictions) right after the AUROC
+    calibration = [k for k in classification_keys(rows) if k in ("ece", "brier")]
+    for key in calibration:
+        table.add_column(catalogue.label(key), justify="right")
     for key in per_class_keys:
         table.add_column(catalogue.label(key)[:12], justify="right")
     speed = speed_keys()
@@ -81,6 +85,7 @@ def classification_table(rows: Sequence[LeaderboardRow], title: str, sort_key: s
             text = cell_text(r, key) + ("*" if significant and r.cell_id == significant else "")
             values.append(f"[bold]{text}[/]" if rank == 1 else text)
         table.add_row(str(rank), *_axis_cells(r, axes), status, *values, ci_text(r),
+                      *[cell_text(r, k) for k in calibration],
                       *[cell_text(r, k) for k in per_class_keys], *[cell_text(r, k) for k in speed],
                       *[escape(fmt(r.columns.get(col))) for col in extra], escape(r.cell_id))
     return table
@@ -135,6 +140,30 @@ def localization_table(rows: Sequence[LeaderboardRow], title: str, sort_key: str
     return table
 
 
+SPEED_SPREAD = 2.0
+"""A backbone whose training img/s varies more than this factor between cells gets a caveat."""
+
+
+def speed_caveat(rows: Sequence[LeaderboardRow]) -> str | None:
+    """A note when one backbone's training throughput varies a lot between cells, else None.
+
+    Throughput is wall-clock time under whatever else the machine ran (parallel cells,
+    other programs), so the same backbone can differ several-fold within one grid; the
+    note keeps such spreads from being read as differences between heads or datasets.
+    """
+    speeds: dict[str, list[float]] = {}
+    for r in rows:
+        value = (r.info or {}).get("train_images_per_s")
+        if isinstance(value, (int, float)) and value > 0:
+            speeds.setdefault(str(r.backbone), []).append(float(value))
+    spread = {b: (min(v), max(v)) for b, v in speeds.items() if len(v) > 1 and max(v) > SPEED_SPREAD * min(v)}
+    if not spread:
+        return None
+    backbone, (low, high) = max(spread.items(), key=lambda item: item[1][1] / item[1][0])
+    return (f"img/s: wall clock under each run's load ({backbone} trained at {low:.0f}-{high:.0f} img/s here); "
+            "compare speeds with benchmarks/, not across these rows")
+
+
 def natural_width(console: Console, table: Table) -> int:
     """The width ``table`` wants; console.measure() clamps to the terminal and never says "too wide"."""
     return Measurement.get(console, console.options.update_width(1_000_000), table).maximum
@@ -159,6 +188,9 @@ def render_tables(console: Console, rows: Sequence[LeaderboardRow], grid: str | 
             console.print(per_class_table(trained, f"Per-class AUROC: {name}", sort_key))
         else:
             console.print(table)
+        caveat = speed_caveat(trained)
+        if caveat:
+            console.print(caveat, style="dim", highlight=False)
     loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key)
     if loc is not None and natural_width(console, loc) > console.width:
         loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key, compact=True)

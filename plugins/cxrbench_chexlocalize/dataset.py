@@ -275,3 +275,8 @@ class Chexlocalize(FileDataset):
         """The CheXlocalize files' fingerprint, then the training release's (when there is one)."""
         own = super().fingerprint()
         return own if self._train is None else f"{own}|train:{self._train.fingerprint()}"
+
+    def data_version(self) -> str:
+        """The CheXlocalize files' content version, then the training release's (when there is one)."""
+        own = super().data_version()
+        return own if self._train is None else f"{own}|train:{self._train.data_version()}"

@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import queue
-import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import cxrbench
-from cxrbench.api import Event, Executor, QueueEvents, RunEvents, UsageError, execute_cell, failed_result
+from cxrbench.api import Executor, RunEvents, UsageError, execute_cell
+
+from .pool import WorkerPool
 
 
 class LocalExecutor(Executor):
@@ -28,21 +27,6 @@ class LocalExecutor(Executor):
         for task in tasks:
             events.cell_started(task.cell_id, f"pid {os.getpid()}")
             on_result(execute_cell(task, events))
-
-
-_EVENTS: Any = None
-"""In a worker: the queue carrying run events back to the main process."""
-
-
-def _init_worker(threads: int, events: Any = None, gpu_slots: Any = None) -> None:
-    global _EVENTS
-    if gpu_slots is not None:
-        pin_gpu(gpu_slots.get())
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    _EVENTS = events
 
 
 def pin_gpu(gpu: str | None) -> None:
@@ -99,12 +83,6 @@ def assign_gpus(gpus: Any, workers: int | None, visible: Sequence[str]) -> tuple
     return n, [chosen[i % len(chosen)] for i in range(n)]
 
 
-def _run_in_worker(task: Any) -> Any:
-    events = QueueEvents(_EVENTS) if _EVENTS is not None else RunEvents()
-    events.cell_started(task.cell_id, f"pid {os.getpid()}")
-    return execute_cell(task, events)
-
-
 @dataclasses.dataclass(frozen=True)
 class ProcessOptions:
     """Options of the ``process`` executor.
@@ -136,8 +114,10 @@ class ProcessExecutor(Executor):
     """Run cells in N worker processes (spawned), CPU threads divided between them.
 
     Workers load plugins from entry points, so components must come from installed
-    packages (not from plugins registered in code). Workers send their run events (cell
-    started, progress, warnings) through a queue; the driver delivers them in its process.
+    packages (not from plugins registered in code). Each worker sends its run events (cell
+    started, progress, warnings) and results over its own pipe; the driver delivers them
+    in its process. A worker that dies fails only the cell it was running and is replaced
+    (:mod:`cxrbench_executors.pool`); workers end when the driver does, however it ends.
     """
 
     NAME = "process"
@@ -152,53 +132,9 @@ class ProcessExecutor(Executor):
             raise UsageError(f"executor 'process': {exc}") from None
         workers = min(workers, len(tasks))
         threads = self.options.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")
-        channel = context.Queue()
-        slots = None
-        if gpus is not None:
-            slots = context.Queue()
-            for gpu in gpus[:workers]:
-                slots.put(gpu)
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(threads, channel, slots))
-        finished: set[str] = set()  # an event may arrive after its cell's result: drop it then
-        warned: dict[str, int] = {}  # warnings relayed live, per cell
-
-        def relay_events() -> None:
-            while True:
-                try:
-                    event = channel.get_nowait()
-                except queue.Empty:
-                    return
-                if isinstance(event, Event) and not (event.args and event.args[0] in finished):
-                    if event.kind == "warning" and event.args:
-                        warned[event.args[0]] = warned.get(event.args[0], 0) + 1
-                    event.deliver(events)
-
-        try:
-            pending = {pool.submit(_run_in_worker, task): task for task in tasks}
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                relay_events()
-                for future in done:
-                    task = pending.pop(future)
-                    relay_events()  # the cell's last events (warnings) before its result
-                    finished.add(task.cell.cell_id)
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # the worker died (e.g. out of memory): record, go on
-                        result = failed_result(task, f"worker process failed: {type(exc).__name__}: {exc}",
-                                               traceback.format_exc())
-                    # the queue's feeder thread may deliver a cell's last warnings after its result
-                    for message in result.warnings[warned.get(task.cell_id, 0):]:
-                        events.warning(task.cell_id, message)
-                    on_result(result)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            raise
-        pool.shutdown(wait=True)
+        pool = WorkerPool(workers, threads, gpus[:workers] if gpus is not None else None,
+                          multiprocessing.get_context("spawn"))
+        pool.run(tasks, on_result, events)
 
 
 @cxrbench.hookimpl

@@ -190,3 +190,68 @@ def finding_matrix(findings: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
             if k is not None:
                 table[u, k] = 1.0
     return table[codes]
+
+
+# --------------------------------------------------------------------------- expert labels (Majkowska et al. 2020)
+
+GOOGLE2019_NAMES = ("google2019_nih-chest-xray-labels.csv", "google2019_nih-chest-xray-labels.csv.gz")
+"""File names of the combined expert-label table (test and validation sets in one file, as
+torchxrayvision and others redistribute Google's two files), looked for in the NIH root."""
+
+GOOGLE2019_CLASSES = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+"""The four adjudicated findings, spelled and ordered as the table's columns."""
+
+GOOGLE2019_SETS = ("test", "val")
+"""Values of the table's ``Set Id``: Google's test and validation images."""
+
+_GOOGLE_VALUES = {"YES": 1.0, "NO": 0.0}
+
+
+def read_google2019(path: Path) -> pd.DataFrame:
+    """Read the expert labels of Majkowska et al. (Radiology 2020) for 4,376 NIH images.
+
+    Args:
+        path: ``google2019_nih-chest-xray-labels.csv`` (or ``.csv.gz``).
+
+    Returns:
+        Columns ``name`` (image file name), ``patient`` (int), ``set`` (``test`` / ``val``)
+        and one float32 column per :data:`GOOGLE2019_CLASSES` (``YES`` 1, ``NO`` 0, blank NaN),
+        one row per image, in file order.
+
+    Raises:
+        UsageError: naming the file for a missing column, a repeated image, a ``Set Id`` other
+            than test / val, or a label other than YES / NO / blank.
+
+    """
+    wanted = {"Image Index": "name", "Patient ID": "patient", "Set Id": "set",
+              **{c: c for c in GOOGLE2019_CLASSES}}
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise UsageError(f"{path}: no column(s) {', '.join(map(repr, missing))}")
+        frame = pd.read_csv(path, usecols=list(wanted), dtype=str, skipinitialspace=True, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, OSError, EOFError) as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: cannot parse: {detail}") from None
+    frame = frame.rename(columns=wanted)[list(wanted.values())]
+    frame["name"] = frame["name"].str.strip()
+    repeated = frame["name"][frame["name"].duplicated()]
+    if len(repeated):
+        raise UsageError(f"{path}: image {repeated.iloc[0]!r} has more than one row")
+    frame["set"] = frame["set"].str.strip().str.lower()
+    bad_sets = sorted(set(frame["set"]) - set(GOOGLE2019_SETS))
+    if bad_sets:
+        raise UsageError(f"{path}: Set Id must be test or val, got {bad_sets[0]!r}")
+    patients = pd.to_numeric(frame["patient"].str.strip(), errors="coerce")
+    if patients.isna().any():
+        raise UsageError(f"{path}: Patient ID {frame['patient'][patients.isna()].iloc[0]!r} is not a number")
+    frame["patient"] = patients.astype("int64")
+    for column in GOOGLE2019_CLASSES:
+        text = frame[column].str.strip().str.upper()
+        values = text.map(_GOOGLE_VALUES)
+        bad = text[values.isna() & (text != "")]
+        if len(bad):
+            raise UsageError(f"{path}: {column} must be YES, NO or blank, got {bad.iloc[0]!r}")
+        frame[column] = values.astype("float32")
+    return frame

@@ -170,6 +170,8 @@ def run_on_node(task: Any, queue: Any = None, keeper: Any = None) -> Any:
     task = _on_granted_devices(task)
     if not hasattr(task, "cell"):  # a failed result
         return task
+    if queue is not None:  # started here, now: the driver counts starts to see retries
+        QueueEvents(queue).cell_started(task.cell_id, node_label(ray))
     events = NodeEvents(queue) if queue is not None else RunEvents()
     if keeper is None:
         return execute_cell(task, events)
@@ -186,6 +188,12 @@ def run_on_node(task: Any, queue: Any = None, keeper: Any = None) -> Any:
                                                  "artifacts_sent": len(files)})
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def node_label(ray: Any) -> str:
+    """``node 10.0.0.7 (3f9a2c)``: the node's address and the start of its id (nodes may share an address)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return f"node {ray.util.get_node_ip_address()} ({node_id[:6]})"
 
 
 def _import_ray() -> Any:
@@ -231,6 +239,7 @@ class RayExecutor(Executor):
         refs: dict[Any, Any] = {}
         finished: set[str] = set()
         warned: dict[str, int] = {}
+        starts: dict[str, int] = {}
 
         def relay() -> None:
             for event in _drain(queue):
@@ -238,12 +247,17 @@ class RayExecutor(Executor):
                 if isinstance(event, Event) and cell not in finished:
                     if event.kind == "warning":
                         warned[cell] = warned.get(cell, 0) + 1
+                    if event.kind == "cell_started":
+                        # Ray retries a task whose worker or node died without telling the driver:
+                        # a second start of the same cell is that retry
+                        starts[cell] = starts.get(cell, 0) + 1
+                        if starts[cell] > 1:
+                            events.cell_retried(cell, starts[cell], "its previous attempt's worker or node died")
                     event.deliver(events)
 
         try:
             for task in tasks:
                 refs[remote.remote(task, queue, keeper)] = task
-                events.cell_started(task.cell_id, "ray")
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
                 relay()

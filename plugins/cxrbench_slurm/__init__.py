@@ -4,7 +4,9 @@ Install with ``pip install "cxrbench[slurm]"``. Each pending cell becomes one el
 job array (``sbatch --array``, at most ``array_parallelism`` running at once); each job runs
 ``execute_cell`` and returns the cell's ``CellResult``, which submitit pickles into its log
 folder. The driver polls the jobs and records each result as it arrives, so it stays the
-single writer of the results store: jobs never open the SQLite database.
+single writer of the results store: jobs never open the SQLite database. Live progress
+(start and host, epochs with loss and validation AUROC, warnings) comes through a
+JSON-lines file per job in ``folder/events`` that the driver tails (:mod:`.relay`).
 
 **Slurm nodes need a shared filesystem.** A job writes the cell's checkpoints, predictions
 and maps into the cell's folder under the results directory, at the absolute path the
@@ -22,8 +24,10 @@ driver's process; ``auto`` uses Slurm where ``srun`` is on the PATH, else ``loca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -34,6 +38,8 @@ from typing import Any, Literal
 
 import cxrbench
 from cxrbench.api import CellResult, Executor, RunEvents, UsageError, execute_cell, failed_result, one_line
+
+from .relay import EventTail, FileEvents, job_worker_label
 
 CELLS_DEPTH = 2
 """A task's cell folder is ``<results>/cells/<cell_id>``: the results directory is two levels up."""
@@ -105,13 +111,17 @@ class SlurmOptions:
                              "own options")
 
 
-def run_job(task: Any, threads: int, gpus: int) -> CellResult:
+def run_job(task: Any, threads: int, gpus: int, events_path: str | None = None) -> CellResult:
     """In a job: ``execute_cell`` with torch threads pinned to the job's CPUs.
 
     A job given no GPU runs its cell on the CPU even where the node has one (as the Ray
-    executor does): it never uses a GPU the scheduler did not grant.
+    executor does): it never uses a GPU the scheduler did not grant. The cell's run events
+    go to ``events_path`` (:mod:`cxrbench_slurm.relay`), which the driver tails.
     """
     import torch
+
+    events = FileEvents(events_path) if events_path else RunEvents()
+    events.cell_started(task.cell_id, job_worker_label(_job_id()))
 
     # the node may have more cores than the job was given; never more threads than the node has
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
@@ -120,7 +130,17 @@ def run_job(task: Any, threads: int, gpus: int) -> CellResult:
             return failed_result(task, "train.device is 'cuda' but the slurm job has no GPU: set the slurm "
                                        "executor's gpus_per_node (e.g. 1)")
         task = dataclasses.replace(task, train=dataclasses.replace(task.train, device="cpu"))
-    return execute_cell(task)
+    return execute_cell(task, events)
+
+
+def _job_id() -> str | None:
+    """The running job's Slurm id (``1234_5`` for an array element), or None outside submitit."""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)
+    except Exception:  # not in a submitit job (the debug cluster runs in the driver)
+        return None
 
 
 def _import_submitit() -> Any:
@@ -179,10 +199,11 @@ def _log_path(job: Any) -> str:
 
 @dataclasses.dataclass(eq=False)  # identity: two jobs are never the same job
 class _Running:
-    """A submitted job and the task it runs."""
+    """A submitted job, the task it runs and the reader of its events file."""
 
     job: Any
     task: Any
+    tail: EventTail | None = None
 
 
 class SlurmExecutor(Executor):
@@ -195,7 +216,8 @@ class SlurmExecutor(Executor):
         if not tasks:
             return
         submitit = _import_submitit()
-        backend = self._backend(submitit, self._folder(tasks), events)
+        folder = self._folder(tasks)
+        backend = self._backend(submitit, folder, events)
         # Slurm queues the whole array and runs array_parallelism at once; submitit's local
         # backend would start every job at once, so it gets waves of that size instead
         window = len(tasks) if backend.cluster == "slurm" else self.options.array_parallelism
@@ -206,12 +228,19 @@ class SlurmExecutor(Executor):
                 free = window - len(running)
                 if queued and free > 0:
                     batch, queued = queued[:free], queued[free:]
-                    running.extend(self._submit(backend, batch, events))
+                    running.extend(self._submit(backend, batch, folder / "events"))
+                for item in running:
+                    if item.tail is not None:
+                        item.tail.deliver(events)
                 finished = [r for r in running if r.job.done()]
                 for item in finished:
                     running.remove(item)
+                    relayed = 0
+                    if item.tail is not None:
+                        item.tail.deliver(events)  # the job's last lines, before its result
+                        relayed = item.tail.warnings
                     result = self._collect(item)
-                    for message in result.warnings:  # jobs do not relay events live
+                    for message in result.warnings[relayed:]:  # those the events file did not carry
                         events.warning(item.task.cell_id, message)
                     on_result(result)
                 if not finished:
@@ -258,18 +287,23 @@ class SlurmExecutor(Executor):
                              f"{type(exc).__name__}: {one_line(str(exc))[:300]}") from None
         return backend
 
-    def _submit(self, backend: Any, batch: list[Any], events: RunEvents) -> list[_Running]:
-        """Submit ``batch`` as one job array; tell the display each job's id."""
+    def _submit(self, backend: Any, batch: list[Any], events_dir: Path) -> list[_Running]:
+        """Submit ``batch`` as one job array, each job with its events file in ``events_dir``."""
         n = len(batch)
+        # one events file per job, in the shared folder the jobs already read their tasks from
+        paths: list[str | None] = [None] * n
+        with contextlib.suppress(OSError):
+            events_dir.mkdir(parents=True, exist_ok=True)
+            paths = [str(events_dir / f"{t.cell_id}-{secrets.token_hex(4)}.jsonl") for t in batch]
         try:
             jobs = backend.map_array(run_job, batch, [self.options.cpus_per_task] * n,
-                                     [self.options.gpus_per_node] * n)
+                                     [self.options.gpus_per_node] * n, paths)
         except Exception as exc:  # sbatch refused (unknown partition, limits): nothing of the batch runs
             raise UsageError(f"executor 'slurm': submitting {n} jobs failed: {type(exc).__name__}: "
                              f"{one_line(str(exc))[:300]}") from None
-        for job, task in zip(jobs, batch, strict=True):
-            events.cell_started(task.cell_id, f"slurm job {job.job_id}")
-        return [_Running(job, task) for job, task in zip(jobs, batch, strict=True)]
+        # a job tells when it starts (a queued job has not): its events file carries that line
+        return [_Running(job, task, EventTail(path) if path else None)
+                for job, task, path in zip(jobs, batch, paths, strict=True)]
 
     @staticmethod
     def _collect(item: _Running) -> CellResult:

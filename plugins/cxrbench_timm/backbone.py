@@ -29,6 +29,7 @@ RESERVED_KWARGS = ("pretrained", "in_chans", "num_classes", "global_pool", "pret
 """``timm.create_model`` arguments the backbone sets itself."""
 
 SEED_BACKBONES = (
+    "resnet10t",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -39,7 +40,8 @@ SEED_BACKBONES = (
     "efficientnet_b3",
     "efficientnet_b4",
 )
-"""timm models registered under their own name (the seed project's choices and kin)."""
+"""timm models registered under their own name (the seed project's choices and kin, and the
+quickstart's ``resnet10t``), so ``cxrbench list backbones`` shows them; any other timm model works too."""
 
 
 def timm_model_name(name: str) -> str:
