@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import __version__, hookimpl
 from .artifacts import CellArtifacts
+from .covariates import covariate_frame
 from .errors import CellError, ConfigError, CxrbenchError, PluginError, UsageError, one_line
 from .events import NULL_EVENTS, CellReporter, Event, Progress, QueueEvents, RunEvents
 from .filedataset import FileDataset, FileLayout, LoadedSplits
@@ -29,10 +30,11 @@ from .interfaces import (
 )
 from .masks import MaskDecodeError, MaskRef, boxes_from_masks, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from .options import NoOptions, options_to_dict
+from .overlap import OverlapKeys
 from .pipeline import failed_result
 from .records import CellAxes, CellResult, Environment, LocalizerResult, Provenance
 from .registry import ComponentSpec
-from .splits import hashed_split, patient_split
+from .splits import check_split_fractions, hashed_split, patient_split
 from .synonyms import ClassMatch, canonical, shared_classes
 from .tasks import CellTask, LocalizerTask
 from .tuning import TuningPopulation
@@ -70,6 +72,7 @@ __all__ = [
     "MaskDecodeError",
     "MaskRef",
     "NoOptions",
+    "OverlapKeys",
     "PluginError",
     "PoolingHead",
     "Progress",
@@ -82,11 +85,13 @@ __all__ = [
     "__version__",
     "boxes_from_masks",
     "canonical",
+    "covariate_frame",
     "decode_coco_rle",
     "encode_coco_rle",
     "empty_boxes",
     "execute_cell",
     "failed_result",
+    "check_split_fractions",
     "hashed_split",
     "hookimpl",
     "image_header",

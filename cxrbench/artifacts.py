@@ -60,6 +60,11 @@ class CellArtifacts:
         """Test-split scores: arrays ``ids``, ``patient_ids``, ``labels``, ``scores``, ``classes``."""
         return self.folder / "predictions.npz"
 
+    @property
+    def covariates(self) -> Path:
+        """Per-image covariates of the scored splits, for subgroups (:mod:`cxrbench.covariates`)."""
+        return self.folder / "covariates.npz"
+
     def overlays(self, localizer: str) -> Path:
         """Folder of the overlay PNGs of one localizer."""
         return self.folder / "overlays" / localizer

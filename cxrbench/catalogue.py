@@ -250,6 +250,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("n_pairs", "pairs", "number of (image, class) pairs with a true box that were scored", "count",
                per_class=True, split="boxes", digits=0, in_table=False),
     MetricSpec("loc_images", "images", "boxed images scored", "count", digits=0, in_table=False),
+    MetricSpec("overlap_excluded", "overlap excluded", "cross-dataset evaluation: target test images left out as "
+               "training images (or of training patients) of the model's dataset (cxrbench.overlap)", "count",
+               higher_is_better=False, split="test", digits=0, in_table=False),
     MetricSpec("loc_ms_per_image", "ms/img", "localizer time per image (all classes in one call), device-synchronised",
                "speed", higher_is_better=False, digits=1, unit="ms", compact=True),
     MetricSpec("mprt_ms_per_image", "MPRT ms/img", "MPRT time per sampled image: the trained maps, the randomised "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ STATE = _State()
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False)
+    # soft_wrap: one warning is one line in a log or a pipe, as an error is
+    err_console.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
 results_option = click.option(
@@ -119,6 +121,13 @@ class CxrbenchGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(EXIT_USAGE)
+        except sqlite3.DatabaseError as exc:  # met while reading: writes already say it in their own words
+            _fail(f"the results database cannot be read ({one_line(str(exc))[:200]}); if it is damaged, restore a "
+                  "copy or recover it with: sqlite3 cxrbench.sqlite .recover | sqlite3 recovered.sqlite", EXIT_USAGE)
+        except MemoryError as exc:  # a setting (or the data) asks for more memory than there is
+            detail = f": {one_line(str(exc))[:200]}" if str(exc) else ""
+            _fail(f"out of memory{detail}; lower the sizes in the grid (num_images, image_size, batch_size) "
+                  "or use a larger machine", EXIT_USAGE)
         except Exception as exc:  # a bug, not a user error: say so in one line unless debugging
             if os.environ.get("CXRBENCH_DEBUG"):
                 raise
@@ -167,11 +176,14 @@ def validate(grid_file: Path) -> None:
 
 
 def _warn_impossible_pairs(grid: Any) -> None:
-    """One warning line per head / localizer pair that cannot work (those pairs are not evaluated)."""
-    from .pairing import impossible_pairs
+    """One warning line per head / localizer (or dataset / localizer) pair that cannot work; not evaluated."""
+    from .pairing import impossible_pairs, unlocalizable_datasets
 
     for pair in impossible_pairs(grid.heads, grid.localizers):
         _warn(f"{pair.line()}; it is not evaluated on cells with that head")
+    if grid.localizers:
+        for dataset in unlocalizable_datasets(grid.datasets, grid.localization.split):
+            _warn(dataset.line())
 
 
 def _show_transfers(cells: Any, grid: Any) -> int:
@@ -362,7 +374,8 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
     with ExitStack() as stack:
         target = stack.enter_context(ResultsStore(results_dir))
         target.acquire_lock()
-        stores = [stack.enter_context(ResultsStore(source)) for source in unique]
+        # the sources are only read: a read-only shard folder (a finished job's, a mounted copy) merges too
+        stores = [stack.enter_context(ResultsStore(source, readonly=True)) for source in unique]
         report = merge_results(target, stores)
         total = len(target.statuses())
     for store in stores:
@@ -412,9 +425,14 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
 @click.option("--baselines", is_flag=True,
               help="Also show published per-class numbers on the same dataset as reference rows (never ranked).")
 @click.option("--explain", is_flag=True, help="Also print what every column shown means, with its source.")
+@click.option("--by", "by", default=None, metavar="COVARIATE",
+              help="Subgroups instead of the leaderboard: AUROC and localization per group of 'sex', 'view' or "
+                   "'age:40,60' (bins <40, 40-59, >=60) with patient-level bootstrap CIs and the best-worst gap "
+                   "(table, json or csv; docs/metrics.md, 'Subgroups').")
 def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, ci_style: str,
                 group_by: str | None, over: str | None, sort_key: str | None, filters: tuple[str, ...],
-                top: int | None, significance: bool, test: str, baselines: bool, explain: bool) -> None:
+                top: int | None, significance: bool, test: str, baselines: bool, explain: bool,
+                by: str | None = None) -> None:
     """Show the leaderboards of a results directory.
 
     Classification: mean AUROC with its confidence interval (the grid's evaluation.ci),
@@ -451,6 +469,9 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         shown = reporting.top_rows(rows, top, sort_key) if top is not None else rows
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if by is not None:
+        _subgroups(shown, results_dir, by, fmt, output, bool(group_by))
+        return
     # the best cell is compared with the runner-up even when --top hides the runner-up
     sig = reporting.significance(ungrouped, results_dir) if fmt == "table" and significance and not group_by \
         else None
@@ -485,6 +506,34 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
         tmp.write_text(text)
         os.replace(tmp, output)
         err_console.print(f"wrote {len(records)} records to {output}")
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+def _subgroups(rows: Any, results_dir: Path, by: str, fmt: str, output: Path | None, grouped: bool) -> None:
+    """``leaderboard --by``: subgroup tables, or their records as JSON / CSV (:mod:`.reporting.subgroup_tables`)."""
+    from .reporting.subgroup_tables import SUBGROUP_FORMATS, export_subgroups, render_subgroups, subgroup_report
+    from .subgroups import parse_by
+
+    if grouped:
+        raise UsageError("--by scores each cell's own images: it cannot be combined with --group-by / --over")
+    if fmt not in SUBGROUP_FORMATS:
+        raise UsageError(f"--by: --format {fmt} is not supported; use one of {', '.join(SUBGROUP_FORMATS)}")
+    try:
+        report = subgroup_report(rows, results_dir, parse_by(by))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if fmt == "table":
+        render_subgroups(console, report, rows)
+        return
+    for note in report.notes:  # on stderr: the export on stdout stays machine-readable
+        _warn(note)
+    text = export_subgroups(report, fmt)
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output)
+        err_console.print(f"wrote {len(report.records)} records to {output}")
     else:
         click.echo(text, nl=not text.endswith("\n"))
 
@@ -655,7 +704,7 @@ def heatmap(results_dir: Path, cell_id: str, localizers: tuple[str, ...], images
                 raise UsageError("the cell's grid has no localizers; name one with --localizer")
         folder = out_dir or store.artifacts(found).heatmaps
         paths = render_heatmaps(store, registry, found, specs, folder, split=split, images=list(images) or None,
-                                count=count)
+                                count=count, warn=_warn)
     console.print(f"wrote {len(paths)} pictures to {folder}", highlight=False)
 
 

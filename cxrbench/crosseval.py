@@ -21,6 +21,10 @@ unchanged, to another dataset's test images, and scored on the findings the two 
   grid's localization settings, untuned: the threshold policy is the localizer's (or the
   grid's) fixed one, mask tuning and gating are off, and the sanity checks are not run.
 
+* **Overlap**: target images that are training images of the cell's dataset (or of its
+  training patients) are left out of the AUROC and the localization, by a published mapping or by perceptual
+  hashes (:mod:`cxrbench.overlap`); one warning line per pair gives the count.
+
 A transfer is not part of a cell's id (:func:`transfer_key` is its own key), so adding a
 target to a finished grid loads each cell's ``best.pt`` and evaluates it without retraining.
 """
@@ -40,14 +44,18 @@ import torch
 from .errors import CellError, UsageError, one_line
 from .grid import Cell, localizer_key, stable_digest
 from .options import options_to_dict
+from .overlap import TransferAudit
 from .pairing import impossible_pairs
 from .records import LocalizerResult, TransferResult
 from .registry import ComponentSpec
 from .synonyms import ClassMatch, shared_classes, target_scores
 from .tasks import LocalizerTask, TransferTask
 
-TRANSFER_PROTOCOL = 1
-"""Version of the cross-dataset scoring definitions; part of every transfer key."""
+TRANSFER_PROTOCOL = 2
+"""Version of the cross-dataset scoring definitions; part of every transfer key.
+
+2: the overlap audit (:mod:`cxrbench.overlap`) leaves the source's training images out.
+"""
 
 TRANSFERS_FOLDER = "transfers"
 """``cells/<cell>/transfers/<key>.npz``: the cell's scores of each target's test split."""
@@ -277,6 +285,15 @@ def _transfer(run: Any, model: Any, transfer: TransferTask) -> TransferResult:
     test = _load(run, target, "test")
     if not len(test):
         raise CellError(f"dataset '{transfer.target.name}' has an empty test split: nothing to evaluate")
+    audit = TransferAudit(run.dataset, transfer.source, target, label, run.size,
+                          Path(run.task.cache_root) if run.task.cache_root else None, run.task.train.num_workers)
+    overlap = audit.check("test", test)
+    if overlap.count:
+        test = test.subset(overlap.kept_rows(), "test")
+    if not len(test):
+        audit.warn(run.reporter.warning)
+        raise CellError(f"every one of the {overlap.images:,} test images of '{label}' is a training image (or of a "
+                        f"training patient) of '{transfer.source}': nothing external to evaluate")
     scores = predict(model, test, run.eval_batch, run.device, dtype=run.dtype, progress=run.reporter.progress,
                      detail=f"{label} test")
     mapped = target_scores(matches, scores)
@@ -285,6 +302,7 @@ def _transfer(run: Any, model: Any, transfer: TransferTask) -> TransferResult:
     patients = np.asarray(test.split.patient_ids, dtype=str)
     metrics = classification_metrics(labels, mapped, names, groups=patients, n_boot=evaluation.bootstrap,
                                      seed=evaluation.bootstrap_seed, ci=evaluation.ci)
+    metrics = {**metrics, "overlap_excluded": float(overlap.count)}
     save_npz_atomic(Path(run.task.cell_dir) / TRANSFERS_FOLDER / f"{transfer.key}.npz",
                     ids=np.asarray(test.split.ids, dtype=str), patient_ids=patients, labels=labels,
                     scores=mapped.astype(np.float32), classes=np.asarray(names, dtype=str))
@@ -297,7 +315,9 @@ def _transfer(run: Any, model: Any, transfer: TransferTask) -> TransferResult:
     }
     localizations: list[LocalizerResult] = []
     if transfer.localizers:
-        localizations, settings["localization_split"] = _localize(run, model, target, transfer, matches)
+        localizations, settings["localization_split"] = _localize(run, model, target, transfer, matches, audit)
+    settings["overlap"] = [r.to_json() for r in audit.results]
+    audit.warn(run.reporter.warning)
     return TransferResult(key=transfer.key, target=label, target_name=transfer.target.name, metrics=metrics,
                           localizations=tuple(localizations), settings=settings, finished_at=time.time())
 
@@ -319,9 +339,12 @@ def target_view(data: Any, matches: Sequence[ClassMatch]) -> Any | None:
                          data.source_sizes)
 
 
-def _localize(run: Any, model: Any, target: Any, transfer: TransferTask,
-              matches: Sequence[ClassMatch]) -> tuple[list[LocalizerResult], str | None]:
-    """The cell's localizers on the target's boxed split ([] where it has no boxes or masks of shared classes)."""
+def _localize(run: Any, model: Any, target: Any, transfer: TransferTask, matches: Sequence[ClassMatch],
+              audit: TransferAudit) -> tuple[list[LocalizerResult], str | None]:
+    """The cell's localizers on the target's boxed split, its overlap with the training images left out.
+
+    Returns [] where the split has no boxes or masks of shared classes.
+    """
     from .events import Progress
     from .localization import evaluate, resolve_policy
     from .pipeline import _channels_last
@@ -329,7 +352,9 @@ def _localize(run: Any, model: Any, target: Any, transfer: TransferTask,
     spec = run.task.localization
     if spec.split not in target.split_names:
         return [], None
-    view = target_view(_load(run, target, spec.split), matches)
+    boxed = _load(run, target, spec.split)
+    overlap = audit.check(spec.split, boxed)
+    view = target_view(boxed.subset(overlap.kept_rows(), spec.split) if overlap.count else boxed, matches)
     if view is None:
         return [], spec.split
     names = [m.target_name for m in matches]

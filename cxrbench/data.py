@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from .dataversion import VerifyReport, verify_files, write_json_unique
+from .errors import UsageError
 from .grid import stable_digest
 from .interfaces import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, Dataset, Split
+from .phash import HASH_BYTES, HASH_METHOD, phashes
 
 CACHE_FORMAT = 1
 
@@ -271,7 +273,7 @@ def _prepare_locked(dataset: Dataset, split_name: str, split: Split, size: int, 
                   and images_path.is_file() and images_path.stat().st_size == _expected_bytes(n, size)
                   and (done is None) == (sizes is None))
     if not usable:  # other data, other records, or damaged (truncated, unreadable resume state): start again
-        for path in (images_path, done_path, sizes_path):
+        for path in (images_path, done_path, sizes_path, folder / PHASH_FILE):
             path.unlink(missing_ok=True)
         write_json_unique(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "data_version": version,
                                                  "complete": False})
@@ -316,9 +318,62 @@ def _prepare_locked(dataset: Dataset, split_name: str, split: Split, size: int, 
         finally:
             flush()
     complete = bool(done.all())
-    write_json_unique(folder / "meta.json", {"n": n, "size": size, "ids": ids_digest, "data_version": version,
-                                             "complete": complete})
+    record: dict[str, Any] = {"n": n, "size": size, "ids": ids_digest, "data_version": version, "complete": complete}
+    if complete:  # the overlap audit's perceptual hashes (cxrbench.overlap), from the cached images
+        if decoded or _stored_hashes(folder, n, meta) is None:
+            _write_hashes(folder, images, n)
+        record["phash"] = HASH_METHOD
+    write_json_unique(folder / "meta.json", record)
     return PrepareReport(folder, n, decoded, already, failed)
+
+
+PHASH_FILE = "phash.npy"
+"""``N x 32`` uint8 perceptual hashes of a cache folder's images (:mod:`cxrbench.phash`), beside ``images.u8``."""
+
+
+def _stored_hashes(folder: Path, n: int, meta: dict[str, Any] | None) -> np.ndarray | None:
+    """The cache's stored hashes, or None when missing, of another hash definition or of another shape."""
+    if not meta or meta.get("phash") != HASH_METHOD:
+        return None
+    return _load_npy(folder / PHASH_FILE, (n, HASH_BYTES), np.dtype(np.uint8))
+
+
+def _write_hashes(folder: Path, images: np.ndarray, n: int) -> np.ndarray:
+    hashes = phashes(images[:n])
+    _save_npy_atomic(folder / PHASH_FILE, hashes)
+    return hashes
+
+
+def cached_hashes(dataset: Dataset, split_name: str, size: int, cache_root: Path | None) -> np.ndarray | None:
+    """The perceptual hashes of a complete, fresh cache's images; None where there is no such cache.
+
+    A cache prepared before hashes were stored (or with another hash definition) gets them
+    now, computed from its images and stored under the folder's lock (in memory only
+    where the folder is read-only).
+    """
+    if cache_root is None:
+        return None
+    folder = cache_folder(cache_root, dataset, split_name, size)
+    split = dataset.split(split_name)
+    n = len(split)
+    if cache_problem(folder, dataset, split, size) is not None:
+        return None
+    stored = _stored_hashes(folder, n, _meta(folder))
+    if stored is not None:
+        return stored
+    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(max(n, 1), size, size))
+    try:
+        with _folder_lock(folder):
+            if cache_problem(folder, dataset, split, size) is not None:  # rebuilt while we waited
+                return None
+            meta = _meta(folder) or {}
+            stored = _stored_hashes(folder, n, meta)
+            if stored is None:
+                stored = _write_hashes(folder, images, n)
+                write_json_unique(folder / "meta.json", {**meta, "phash": HASH_METHOD})
+            return stored
+    except OSError:  # a read-only cache: hashed, not stored
+        return phashes(images[:n])
 
 
 _WARNED: set[str] = set()
@@ -377,8 +432,15 @@ def load_split(
     cache_root: Path | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PreparedSplit:
-    """A split at ``size``: from the prepared cache when fresh, else decoded now in memory."""
+    """A split at ``size``: from the prepared cache when fresh, else decoded now in memory.
+
+    An image that cannot be read (``prepare`` reports it and leaves the cache incomplete)
+    is left out of the split with one warning giving the count and the first id, rather
+    than failing the whole cell; every number of the cell is then over the readable images.
+    A split left with no readable image is an error.
+    """
     cached = open_cache(dataset, split_name, size, cache_root)
     if cached is not None:
         if progress:
@@ -388,11 +450,16 @@ def load_split(
     n = len(split)
     images = np.zeros((n, size, size), dtype=np.uint8)
     sizes = np.zeros((n, 2), dtype=np.int64)
+    unreadable: dict[int, str] = {}
 
     def work(i: int) -> None:
-        raw = dataset.read_image(split_name, i)
-        sizes[i] = raw.shape[:2]
-        images[i] = resize_square(raw, size)
+        try:
+            raw = dataset.read_image(split_name, i)
+        except (UsageError, OSError, ValueError) as exc:  # one bad file, named below; not the cell's end
+            unreadable[i] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        else:
+            sizes[i] = raw.shape[:2]
+            images[i] = resize_square(raw, size)
         if progress:
             progress(1)
 
@@ -400,7 +467,17 @@ def load_split(
         list(pool.map(work, range(n)))
     if split.image_sizes is not None:
         sizes = np.asarray(split.image_sizes, dtype=np.int64)
-    return PreparedSplit(split_name, split, images, scale_boxes(split.boxes, sizes, size), sizes)
+    data = PreparedSplit(split_name, split, images, scale_boxes(split.boxes, sizes, size), sizes)
+    if not unreadable:
+        return data
+    first = min(unreadable)
+    if len(unreadable) == n:
+        raise UsageError(f"split {split_name!r}: none of its {n} images can be read (first: {split.ids[first]}: "
+                         f"{unreadable[first]})")
+    if warn is not None:
+        warn(f"split {split_name!r}: {len(unreadable)} of {n} images cannot be read and are left out (first: "
+             f"{split.ids[first]}: {unreadable[first]})")
+    return data.subset(np.array([i for i in range(n) if i not in unreadable], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- batches

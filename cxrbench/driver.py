@@ -18,7 +18,7 @@ from .errors import UsageError
 from .events import RunEvents
 from .grid import Cell, expand, localizer_key
 from .options import options_to_dict
-from .pairing import impossible_pairs
+from .pairing import impossible_pairs, unlocalizable_datasets
 from .pipeline import open_dataset, shared_datasets
 from .records import CellResult, LocalizerResult, TransferResult
 from .registry import ComponentSpec
@@ -109,10 +109,12 @@ def plan_tasks(grid: GridSpec, cells: list[Cell], store: Any, *, force: bool = F
     cache = str(Path(cache_root).resolve()) if cache_root else None
     tasks, skipped = [], 0
     impossible = {(p.head, p.localizer) for p in impossible_pairs(grid.heads, grid.localizers)}
+    no_boxes = {d.dataset for d in unlocalizable_datasets(grid.datasets, grid.localization.split)}
     for cell in cells:
-        # a pair its localizer refuses is warned about by validate / --dry-run and never evaluated
+        # a pair its localizer refuses is warned about by validate / --dry-run and never evaluated,
+        # as is every localizer on a dataset without a split to score them on
         wanted = [LocalizerTask(localizer_key(spec, default_threshold, scoring), spec) for spec in grid.localizers
-                  if (cell.head.label(), spec.label()) not in impossible]
+                  if (cell.head.label(), spec.label()) not in impossible and cell.dataset.label() not in no_boxes]
         status = statuses.get(cell.cell_id)
         retrain = True
         targets = list((transfers or {}).get(cell.cell_id, ()))

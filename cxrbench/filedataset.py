@@ -312,7 +312,12 @@ class FileDataset(Dataset):
         if loaded is None:
             with self._lock:
                 if self._loaded is None:
-                    loaded = LoadedSplits.from_built(self.build())
+                    try:
+                        built = self.build()
+                    except UnicodeDecodeError as exc:  # a plugin read a table without saying which
+                        raise UsageError(f"dataset {self.NAME!r} under {self.root}: a table is not UTF-8 text "
+                                         f"({exc.reason} at offset {exc.start}); save it as UTF-8") from None
+                    loaded = LoadedSplits.from_built(built)
                     self._check_paths(loaded)
                     self._loaded = self._after_data_checks(loaded)
                 loaded = self._loaded

@@ -7,6 +7,7 @@ describes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,13 @@ def render_heatmaps(
     images: list[str] | None = None,
     count: int = 4,
     threshold: dict | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Draw, per image and class with a box, the X-ray with each localizer's heatmap.
+
+    A localizer that cannot explain the cell's model (its ``unsupported_reason``), or fails
+    while computing its maps, is skipped with one ``warn`` line giving the reason; the
+    others are drawn. Only when none can be drawn is it an error.
 
     Args:
         store: the results store.
@@ -96,6 +102,7 @@ def render_heatmaps(
         threshold: heatmap-to-box policy override. Default: the policy the cell's stored
             localization row for that localizer used (tuned values included), so the green
             boxes are the ones that were scored; else the localizer's own default.
+        warn: receives one line per skipped localizer.
 
     Returns:
         The PNG files written: ``<image>_<class>_<localizer>.png``.
@@ -129,18 +136,25 @@ def render_heatmaps(
     scale = max(1, 256 // data.size)
     written: list[Path] = []
     classes = list(dataset.classes)
+    skipped: list[str] = []
     for spec in localizers:
         localizer = spec.cls(spec.options)
         reason = localizer.unsupported_reason(model)
         if reason:
-            raise UsageError(f"localizer '{spec.name}' cannot explain cell {cell.cell_id}: {reason}")
+            skipped.append(f"localizer '{spec.name}' cannot explain cell {cell.cell_id}: {reason}")
+            continue
         if threshold:
             policy = parse_options(ThresholdPolicy, threshold, "threshold", f"localizer '{spec.name}'")
         else:
             scored = scored_policy(store, cell.cell_id, spec)
             policy = (parse_options(ThresholdPolicy, scored, "threshold", f"localizer '{spec.name}'") if scored
                       else resolve_policy(spec.cls, spec.threshold, None))
-        run = compute_maps(model, localizer, data, batch_size=8, device=torch.device("cpu"))
+        try:
+            run = compute_maps(model, localizer, data, batch_size=8, device=torch.device("cpu"))
+        except Exception as exc:  # that localizer's failure, not the other localizers'
+            skipped.append(f"localizer '{spec.name}' failed on cell {cell.cell_id}: {type(exc).__name__}: "
+                           f"{str(exc).strip()[:200]}")
+            continue
         for p in range(len(run.pair_rows)):
             row = int(run.pair_rows[p])
             cls = classes[int(run.pair_classes[p])]
@@ -149,4 +163,10 @@ def render_heatmaps(
             path = out_dir / f"{safe_name(str(data.split.ids[row]))}_{safe_name(cls)}_{safe_name(spec.name)}.png"
             cv2.imwrite(str(path), picture)
             written.append(path)
+    if skipped and not written:
+        raise UsageError(skipped[0] if len(skipped) == 1 else
+                         f"none of the {len(skipped)} localizers can be drawn ({skipped[0]})")
+    for line in skipped:
+        if warn is not None:
+            warn(f"{line}; skipped")
     return written

@@ -96,6 +96,13 @@ class Split:
             When ``boxes`` is empty, the boxes of the masks' connected regions become the
             split's boxes (``boxes_from_masks`` is then True), so every box metric also
             runs on a masks-only dataset.
+        covariates: optional per-image covariates for subgroup analysis (``cxrbench
+            leaderboard --by``), a ``pandas.DataFrame`` with one row per image in the order
+            of ``ids``. Standard column names: ``sex`` (``"F"`` / ``"M"``), ``age`` (years,
+            float), ``view`` (``"PA"``, ``"AP"``, ``"LAT"``, ...); missing values are NaN
+            (numeric) or None / ``""`` (text). Datasets may add their own columns (e.g.
+            CheXpert's ``frontal_lateral``); names must be Python identifiers.
+            :func:`cxrbench.covariates.covariate_frame` builds one.
 
     """
 
@@ -106,6 +113,7 @@ class Split:
     image_sizes: np.ndarray | None = None
     masks: Mapping[tuple[int, int], Any] = dataclasses.field(default_factory=dict)
     boxes_from_masks: bool = False
+    covariates: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -120,7 +128,9 @@ class Split:
         return Split(ids=[self.ids[r] for r in rows], patient_ids=[self.patient_ids[r] for r in rows],
                      labels=self.labels[rows], boxes=boxes.reset_index(drop=True),
                      image_sizes=self.image_sizes[rows] if self.image_sizes is not None else None,
-                     masks=masks, boxes_from_masks=self.boxes_from_masks)
+                     masks=masks, boxes_from_masks=self.boxes_from_masks,
+                     covariates=self.covariates.iloc[rows].reset_index(drop=True)
+                     if self.covariates is not None else None)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -128,6 +138,10 @@ class Split:
             raise ValueError(
                 f"split has {n} ids, {len(self.patient_ids)} patient ids, {self.labels.shape[0]} label rows"
             )
+        if self.covariates is not None:
+            from .covariates import check_covariates
+
+            check_covariates(self.covariates, n)
         if self.masks:
             k = self.labels.shape[1] if self.labels.ndim == 2 else 0
             bad = [key for key in self.masks if not (0 <= key[0] < n and 0 <= key[1] < k)]

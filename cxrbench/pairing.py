@@ -62,3 +62,35 @@ def impossible_pairs(heads: Sequence[ComponentSpec], localizers: Sequence[Compon
             if reason:
                 out.append(ImpossiblePair(head.label(), localizer.label(), str(reason)))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlocalizableDataset:
+    """A dataset that has no split the grid's localizers could be scored on."""
+
+    dataset: str
+    split: str
+
+    def line(self) -> str:
+        return (f"dataset '{self.dataset}' has no '{self.split}' split (no boxes or masks): localizers are not "
+                "evaluated on its cells")
+
+
+def unlocalizable_datasets(datasets: Sequence[ComponentSpec], split: str) -> list[UnlocalizableDataset]:
+    """The grid's datasets whose class declares no ``split`` (``localization.split``), in grid order.
+
+    Decided from the class's declarations (``SPLITS`` and ``HAS_BOXES``), so nothing is
+    built or read. Rule, as for head / localizer pairs: one warning line in ``validate``
+    and ``run --dry-run``, and ``run`` evaluates no localizer on that dataset's cells.
+    """
+    from .interfaces import Dataset
+
+    out = []
+    for spec in datasets:
+        if getattr(spec.cls, "split_names", None) is not Dataset.split_names:
+            continue  # the class works its splits out from its options or files: decided at run time
+        declared = tuple(getattr(spec.cls, "SPLITS", ())) + (("boxes",) if getattr(spec.cls, "HAS_BOXES", False)
+                                                              else ())
+        if declared and split not in declared:
+            out.append(UnlocalizableDataset(spec.label(), split))
+    return out

@@ -25,6 +25,7 @@ import torch
 from . import hookimpl
 from .artifacts import CellArtifacts, save_npz_atomic, save_torch_atomic, write_json_atomic
 from .config import TrainSpec
+from .covariates import save_covariates
 from .errors import CellError
 from .events import CellReporter, Progress
 from .interfaces import Classifier, Dataset, DatasetContext
@@ -134,7 +135,8 @@ class _CellRun:
         if name not in self._splits:
             self.reporter.progress(Progress("load", 0, 1, detail=name))
             cache = Path(self.task.cache_root) if self.task.cache_root else None
-            data = load_split(self.dataset, name, self.size, cache_root=cache, workers=self.task.train.num_workers)
+            data = load_split(self.dataset, name, self.size, cache_root=cache, workers=self.task.train.num_workers,
+                              warn=self.reporter.warning)
             cap = getattr(self.task.train, "max_eval_images", None)
             if cap and name != "train" and len(data) > cap:  # a smoke run: the first images only
                 data = data.subset(np.arange(cap), name)
@@ -238,6 +240,7 @@ class _CellRun:
         save_npz_atomic(self.artifacts.predictions, ids=np.asarray(test.split.ids, dtype=str),
                         patient_ids=np.asarray(test.split.patient_ids, dtype=str), labels=labels,
                         scores=scores.astype(np.float32), classes=np.asarray(self.classes, dtype=str))
+        save_covariates(self.artifacts.covariates, "test", test.name, test.split.ids, test.split.covariates)
         return metrics
 
     def localize(self, model: Classifier) -> list[LocalizerResult]:
@@ -250,6 +253,8 @@ class _CellRun:
             scored, tune_on, protocol = self._parts(split_name)
         except ValueError as exc:
             return [LocalizerResult.failure(lt.key, lt.spec.name, str(exc)) for lt in task.localizers]
+        save_covariates(self.artifacts.covariates, "localization", scored.name, scored.split.ids,
+                        scored.split.covariates)
         return [self._localizer(lt, model, scored, tune_on, protocol) for lt in task.localizers]
 
     def _parts(self, split_name: str) -> tuple[Any, Any, dict[str, Any]]:

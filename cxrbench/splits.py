@@ -28,6 +28,16 @@ def patient_split(patients: np.ndarray, val_fraction: float, seed: int) -> np.nd
     return unique[order[:n_val]]
 
 
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise ValueError, naming the option, unless both fractions are in [0, 1) and leave a train split."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be below 1 (train would be empty), got "
+                         f"{val_fraction} + {test_fraction}")
+
+
 def hashed_split(patients: np.ndarray, fractions: dict[str, float], seed: int, rest: str = "train") -> np.ndarray:
     """Assign every row to a split by a digest of its patient: deterministic, patient-level.
 

@@ -437,3 +437,22 @@ def dataclass_dict(policy) -> dict:
     import dataclasses
 
     return dataclasses.asdict(policy)
+
+
+def test_heatmap_draws_what_works_and_says_what_it_skipped(run_cli, tmp_path, tiny_grid_dict):
+    tiny_grid_dict.update(heads=["avg"], localizers=["cam"])
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump(tiny_grid_dict))
+    results = tmp_path / "r"
+    assert run_cli("run", "--grid", grid_file, "--results", results, "--no-progress").exit_code == 0
+    cell_id = json.loads(run_cli("leaderboard", "--results", results, "--format", "json").output)[0]["cell_id"]
+    out = tmp_path / "pictures"
+    # pcam needs a head with a logit map; avg has none: cam is drawn, pcam skipped with its reason
+    both = run_cli("heatmap", "--results", results, cell_id, "-l", "cam", "-l", "pcam", "--count", "1", "--out", out)
+    assert both.exit_code == 0, both.output
+    assert "localizer 'pcam' cannot explain cell" in both.output and "skipped" in both.output
+    drawn = sorted(p.name for p in out.glob("*.png"))
+    assert drawn and all(name.endswith("_cam.png") for name in drawn)
+    alone = run_cli("heatmap", "--results", results, cell_id, "-l", "pcam", "--out", tmp_path / "none")
+    assert alone.exit_code == 4 and "localizer 'pcam' cannot explain cell" in alone.output
+    assert alone.output.strip().count("\n") == 0

@@ -35,3 +35,28 @@ def test_validate_and_dry_run_warn_and_run_skips_the_pair(run_cli, toy_pm, toy_r
     assert summary.localizers_failed == 0  # no failed row for a pair known to be impossible
     assert [loc.name for loc in cells["avg"].localizations] == ["cam"]
     assert sorted(loc.name for loc in cells["pcam"].localizations) == ["cam", "pcam"]
+
+
+def test_a_dataset_without_boxes_is_warned_about_and_gets_no_localizer_tasks(tiny_grid_dict, tmp_path):
+    from cxrbench.config import parse_grid
+    from cxrbench.driver import plan_tasks
+    from cxrbench.grid import expand
+    from cxrbench.manager import build_plugin_manager
+    from cxrbench.pairing import unlocalizable_datasets
+    from cxrbench.registry import Registry
+    from cxrbench.store import ResultsStore
+
+    registry = Registry.from_plugin_manager(build_plugin_manager())
+    tiny_grid_dict.update(heads=["avg"], localizers=["cam"], backbones=["resnet18"])
+    tiny_grid_dict["datasets"] = [{"name": "chexpert", "options": {"root": str(tmp_path)}},
+                                  {"name": "phantom", "options": {"num_images": 40, "image_size": 32}}]
+    grid = parse_grid(tiny_grid_dict, registry)
+    (found,) = unlocalizable_datasets(grid.datasets, "boxes")  # CheXpert has no boxes; the phantom has
+    assert found.line() == ("dataset 'chexpert' has no 'boxes' split (no boxes or masks): localizers are not "
+                            "evaluated on its cells")
+    assert [d.dataset for d in unlocalizable_datasets(grid.datasets, "nowhere")] == ["chexpert", "phantom"]
+    # the run plans no localizer for the CheXpert cell (no failed row, no exit 1 forever), cam for the phantom's
+    with ResultsStore(tmp_path / "r") as store:
+        tasks, _ = plan_tasks(grid, expand(grid, lambda spec: "fp"), store)
+    planned = {t.cell.dataset.name: [lt.spec.name for lt in t.localizers] for t in tasks}
+    assert planned == {"chexpert": [], "phantom": ["cam"]}

@@ -110,3 +110,24 @@ def test_dry_run_counts_a_cell_with_a_last_checkpoint_as_resuming(run_cli, tiny_
         (store.cell_dir(cell_id) / "last.pt").write_bytes(b"x")
     out = run_cli("run", "--grid", grid, "--results", tmp_path / "r", "--dry-run").output
     assert "1 cell: 1 to train (1 resuming), 0 done" in out, out
+
+
+def test_tables_footnote_each_dataset_label_and_json_has_the_full_choice(run_cli, tiny_grid_dict, tmp_path):
+    import json
+
+    import yaml
+
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    tiny_grid_dict["datasets"][0]["label"] = "toy-64"
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict))
+    assert run_cli("run", "--grid", grid, "--results", tmp_path / "r", "--no-progress").exit_code == 0
+    board = run_cli("leaderboard", "--results", tmp_path / "r").output
+    assert "dataset toy-64 = toy {" in board and "num_images: 64" in board
+    (record,) = json.loads(run_cli("leaderboard", "--results", tmp_path / "r", "--format", "json").output)
+    assert record["dataset"] == "toy-64"
+    assert record["components"]["dataset"]["name"] == "toy"
+    assert record["components"]["dataset"]["options"]["num_images"] == 64
+    assert record["components"]["backbone"] == {"name": "tiny", "options": {"width": 4}}
+    csv = run_cli("leaderboard", "--results", tmp_path / "r", "--format", "csv").output
+    assert "options.dataset.num_images" in csv.splitlines()[0]

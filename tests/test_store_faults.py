@@ -119,3 +119,24 @@ def test_store_error_lines(tmp_path):
     assert "damaged" in damaged and ".recover" in damaged
     other = str(store_error(db, sqlite3.OperationalError("disk I/O error")))
     assert other.startswith(str(db)) and "cannot write the results store" in other and "disk I/O error" in other
+
+
+def test_a_damaged_database_is_one_line_for_readers_too(run_cli, tiny_grid_dict, tmp_path):
+    import yaml
+
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict))
+    results = tmp_path / "r"
+    assert run_cli("run", "--grid", grid, "--results", results, "--no-progress").exit_code == 0
+    db = results / "cxrbench.sqlite"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    for start in range(page, len(data), page):  # every page after the header: garbage
+        data[start + 8:start + 64] = b"\xff" * 56
+    db.write_bytes(bytes(data))
+    for command in (["leaderboard", "--results", results], ["show", "--results", results, "abc"]):
+        result = run_cli(*command)
+        assert result.exit_code == 4, (command, result.output)  # before: internal error: DatabaseError (exit 3)
+        assert "internal error" not in result.output and result.output.strip().count("\n") == 0, result.output
+        assert "results database" in result.output

@@ -38,6 +38,7 @@ def to_frame(rows: Sequence[LeaderboardRow]) -> pd.DataFrame:
             record["n"] = r.n
         record.update(r.columns)
         record.update(_flat("provenance", r.provenance))
+        record.update(_flat("options", {axis: c.get("options", {}) for axis, c in r.components.items()}))
         record.update(_flat("localization", {k: v for k, v in r.localizer_settings.items()
                                              if k not in ("tuning", "options", "traceback")}))
         records.append(record)

@@ -53,6 +53,9 @@ class LeaderboardRow:
         localizer_settings: the localizer's settings (threshold policy, tolerance, split).
         provenance: the cell's provenance as JSON (settings and environment).
         columns: plugin columns (``cxrbench_leaderboard_columns``).
+        components: the full choice behind each short axis label, ``{"dataset": {"name":
+            ..., "options": {...}}, "backbone": ..., "head": ...}`` (from the cell's
+            configuration; empty for groups and references).
 
     """
 
@@ -76,6 +79,7 @@ class LeaderboardRow:
     localizer_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     columns: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    components: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def axis(self, name: str) -> Any:
         return getattr(self, name)
@@ -113,7 +117,9 @@ def rows_from_cells(cells: Sequence[CellResult]) -> list[LeaderboardRow]:
     for cell in cells:
         base = dict(kind="cell", cell_id=cell.cell_id, grid=cell.grid, dataset=cell.axes.dataset,
                     backbone=cell.axes.backbone, head=cell.axes.head, seed=cell.axes.seed, status=cell.status,
-                    info=dict(cell.info), provenance=cell.provenance.to_json())
+                    info=dict(cell.info), provenance=cell.provenance.to_json(),
+                    components={axis: cell.config[axis] for axis in ("dataset", "backbone", "head")
+                                if isinstance(cell.config.get(axis), dict)})
         if not cell.localizations:
             out.append(LeaderboardRow(localizer=None, error=cell.error, metrics=dict(cell.metrics), **base))
             continue

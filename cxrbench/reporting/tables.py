@@ -140,6 +140,34 @@ def localization_table(rows: Sequence[LeaderboardRow], title: str, sort_key: str
     return table
 
 
+MAX_FOOTNOTES = 8
+"""At most this many label footnotes under a table (the JSON export has every choice in full)."""
+
+
+def label_footnotes(rows: Sequence[LeaderboardRow]) -> list[str]:
+    """``dataset phantom-600 = phantom {num_images: 600, image_size: 128}``: what each dataset label stands for.
+
+    Tables show short labels (a grid's ``label:``, or the name alone when it is the only
+    choice of its name); a dataset's options, which decide what its numbers mean, are
+    written once below the table. (Backbone and head options are in ``show CELL`` and in
+    the JSON export's ``components``.)
+    """
+    seen: dict[tuple[str, str], str] = {}
+    for r in rows:
+        for axis in ("dataset",):
+            component = r.components.get(axis) or {}
+            options = component.get("options") or {}
+            label = str(r.axis(axis))
+            if not options or (axis, label) in seen:
+                continue
+            inner = ", ".join(f"{k}: {v}" for k, v in sorted(options.items()))
+            seen[(axis, label)] = f"{axis} {label} = {component.get('name', label)} {{{inner}}}"
+    lines = list(seen.values())
+    if len(lines) > MAX_FOOTNOTES:
+        lines = lines[:MAX_FOOTNOTES] + [f"... and {len(lines) - MAX_FOOTNOTES} more (--format json has them all)"]
+    return lines
+
+
 SPEED_SPREAD = 2.0
 """A backbone whose training img/s varies more than this factor between cells gets a caveat."""
 
@@ -191,6 +219,8 @@ def render_tables(console: Console, rows: Sequence[LeaderboardRow], grid: str | 
         caveat = speed_caveat(trained)
         if caveat:
             console.print(caveat, style="dim", highlight=False)
+        for line in label_footnotes(trained):
+            console.print(line, style="dim", highlight=False, markup=False)
     loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key)
     if loc is not None and natural_width(console, loc) > console.width:
         loc = localization_table(rows, f"Localization leaderboard: {name}", sort_key, compact=True)

@@ -95,6 +95,8 @@ def transfer_table(rows: Sequence[LeaderboardRow]) -> Table | None:
     per_class = per_class_auroc_keys(rows)
     loc_keys = [k for k in localization_keys(rows, compact=True) if k != "loc_ms_per_image"]
     with_localizer = any(r.localizer for r in rows)
+    # the overlap audit's count (cxrbench.overlap), shown where some target shares images with the training data
+    with_overlap = any((r.metrics.get("overlap_excluded") or 0) > 0 for r in rows)
     table = Table(title="Cross-dataset (trained on -> scored on, no retraining)", title_justify="left",
                   header_style="bold")
     for col in ("source -> target", "backbone", "head", "seed", *(["localizer"] if with_localizer else []),
@@ -104,6 +106,8 @@ def transfer_table(rows: Sequence[LeaderboardRow]) -> Table | None:
         table.add_column(catalogue.label(key)[:14], justify="right")
     for key in loc_keys:
         table.add_column(catalogue.label(key), justify="right")
+    if with_overlap:
+        table.add_column("excluded", justify="right")
     table.add_column("cell", style="dim", min_width=12, no_wrap=True)
     for r in rows:
         status = "ok" if r.status == "ok" else f"failed: {r.error or ''}"
@@ -111,6 +115,8 @@ def transfer_table(rows: Sequence[LeaderboardRow]) -> Table | None:
             status = f"localizer failed: {r.localizer_error or ''}"
         values = [fmt(r.metrics.get(k), catalogue.digits(k)) for k in per_class]
         values += [fmt(r.metrics.get(k), catalogue.digits(k)) for k in loc_keys]
+        if with_overlap:
+            values.append(fmt(r.metrics.get("overlap_excluded"), 0))
         table.add_row(escape(r.dataset), escape(r.backbone), escape(r.head), str(r.seed),
                       *([escape(r.localizer or "-")] if with_localizer else []), escape(status),
                       fmt(r.metrics.get("auroc_mean")), ci_text(r), *values, r.cell_id)

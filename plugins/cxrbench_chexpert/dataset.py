@@ -22,13 +22,14 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from cxrbench.api import DatasetContext, FileDataset, FileLayout, Split, UsageError, patient_split
+from cxrbench.api import DatasetContext, FileDataset, FileLayout, Split, UsageError, covariate_frame, patient_split
 
 from .labels import apply_policy, resolve_classes, resolve_uncertain
 
 RELEASE_FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 TABLES = {"train": "train.csv", "test": "valid.csv"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+COVARIATE_COLUMNS = ("Sex", "Age", "Frontal/Lateral", "AP/PA")
 
 
 def _patient_of(path: str) -> str:
@@ -134,6 +135,7 @@ class CheXpert(FileDataset):
         missing = [c for c in needed if c not in header]
         if missing:
             raise UsageError(f"{path}: no column(s) {', '.join(map(repr, missing))}")
+        needed += [c for c in COVARIATE_COLUMNS if c in header and c not in needed]  # optional: subgroups
         try:
             frame = pd.read_csv(path, usecols=needed, dtype={c: "float32" for c in self.classes} | {"Path": str})
         except (ValueError, pd.errors.ParserError) as exc:
@@ -190,11 +192,41 @@ class CheXpert(FileDataset):
             ids = frame["Path"].to_numpy(dtype=object)[rows]
             patients = frame["patient"].to_numpy(dtype=object)[rows]
             files = files[rows]
+            covariates = table_covariates(frame).iloc[rows].reset_index(drop=True)
             if name == "train" and opts.oversample_positives:
+                covariates = covariates.iloc[repeat_rows(labels)].reset_index(drop=True)
                 ids, patients, labels, files = _repeat_positives(ids, patients, labels, files)
-            built[name] = (Split(ids=list(ids), patient_ids=list(patients), labels=labels), list(files))
+            built[name] = (Split(ids=list(ids), patient_ids=list(patients), labels=labels, covariates=covariates),
+                           list(files))
         self.report_missing(n_wanted, n_present, "frontal images" if opts.frontal_only else "images")
         return built
+
+
+def table_covariates(frame: pd.DataFrame) -> pd.DataFrame:
+    """The subgroup covariates of every row of a CheXpert table (``Split.covariates`` columns).
+
+    ``sex``: ``Sex`` (``Female`` / ``Male``; ``Unknown``, one row of train.csv, is missing).
+    ``age``: ``Age`` in years (the release caps ages at 90; train.csv has 3 rows of age 0,
+    kept as given). ``view``: ``LAT`` for a lateral image, else ``AP/PA`` (``AP``, ``PA``, and
+    ``LL`` / ``RL`` on 17 frontal rows of train.csv, as given). Extras: ``frontal_lateral``
+    (``Frontal`` / ``Lateral``) and ``ap_pa`` (the raw ``AP/PA``). A table without a column
+    gives missing values for it.
+    """
+    n = len(frame)
+
+    def column(name: str) -> list:
+        return frame[name].tolist() if name in frame else [None] * n
+
+    lateral = [v == "Lateral" for v in column("Frontal/Lateral")]
+    ap_pa = [v if isinstance(v, str) and v.strip() else None for v in column("AP/PA")]
+    return covariate_frame(n, sex=column("Sex"), age=column("Age"),
+                           view=["LAT" if lat else v for lat, v in zip(lateral, ap_pa, strict=True)],
+                           frontal_lateral=column("Frontal/Lateral"), ap_pa=ap_pa)
+
+
+def repeat_rows(labels: np.ndarray) -> np.ndarray:
+    """Row of each entry after :func:`_repeat_positives` (rows with a positive label twice)."""
+    return np.repeat(np.arange(len(labels)), 1 + (labels == 1.0).any(axis=1))
 
 
 def _repeat_positives(
@@ -204,7 +236,7 @@ def _repeat_positives(
 
     The copy's id gets a ``#2`` suffix so ids stay unique within the split.
     """
-    take = np.repeat(np.arange(len(ids)), 1 + (labels == 1.0).any(axis=1))
+    take = repeat_rows(labels)
     copy = np.zeros(len(take), dtype=bool)
     copy[1:] = take[1:] == take[:-1]
     new_ids = ids[take].astype(object)

@@ -36,6 +36,7 @@ from cxrbench.api import (
     DatasetContext,
     FileDataset,
     FileLayout,
+    OverlapKeys,
     Split,
     TuningPopulation,
     UsageError,
@@ -52,6 +53,7 @@ from .tables import (
     NIH14,
     NO_FINDING,
     RELEASE_SIZE,
+    entry_covariates,
     finding_matrix,
     harmonise,
     read_bbox_list,
@@ -222,6 +224,15 @@ class NIHChestXray14(FileDataset):
         """Images enter the fingerprint by file name alone, as the tables name them."""
         return relative.rsplit("/", 1)[-1]
 
+    def overlap_keys(self, split_name: str) -> OverlapKeys:
+        """A split's images by their ``Image Index`` and patients by ``Patient ID``, in the ``nih`` namespace.
+
+        Datasets built from NIH images that publish the NIH names (RSNA Pneumonia with its
+        organisers' mapping) are audited against these names (:mod:`cxrbench.overlap`).
+        """
+        split = self.split(split_name)
+        return OverlapKeys("nih", tuple(split.ids), tuple(split.patient_ids), "NIH Image Index")
+
     def _index_images(self) -> dict[str, str]:
         """File name -> path of every PNG in ``images/`` and ``images_NNN/images/``."""
         folders = ["images"]
@@ -293,12 +304,14 @@ class NIHChestXray14(FileDataset):
         usable = present & wanted
         rows = {name: r[usable[r]] for name, r in rows.items()}
 
+        covariates = entry_covariates(entry)
         built = {
             name: (
                 Split(
                     ids=names[r].tolist(),
                     patient_ids=[f"{p:08d}" for p in patients[r].tolist()],
                     labels=np.ascontiguousarray(labels[r], dtype=np.float32),
+                    covariates=covariates.iloc[r].reset_index(drop=True),
                 ),
                 paths[r].tolist(),
             )

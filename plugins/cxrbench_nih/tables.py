@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.api import UsageError
+from cxrbench.api import UsageError, covariate_frame
 
 NIH8 = (
     "Atelectasis",
@@ -55,9 +55,13 @@ def _header_tokens(path: Path) -> tuple[list[str], int]:
 
     The two differ in the published box table (its header has three extra commas).
     """
-    with open(path, encoding="utf-8-sig") as f:
-        header = f.readline().rstrip("\r\n").split(",")
-        first_row = f.readline().rstrip("\r\n")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            header = f.readline().rstrip("\r\n").split(",")
+            first_row = f.readline().rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                         f"{exc.start}); save it as UTF-8") from None
     n_fields = first_row.count(",") + 1 if first_row else len(header)
     return [token.strip() for token in header], n_fields
 
@@ -99,7 +103,9 @@ def read_data_entry(path: Path) -> pd.DataFrame:
 
     Returns:
         Columns ``name`` (image file name), ``findings`` (``|``-joined), ``patient``
-        (int) and ``view`` (PA / AP), one row per image, in file order. The
+        (int) and ``view`` (PA / AP), one row per image, in file order, and, when the
+        table has them (the published ones do), ``age`` (``Patient Age``, as text) and
+        ``sex`` (``Patient Gender``, ``M`` / ``F``). The
         ``OriginalImage[Width,Height]`` columns are not read: they give the size of
         the scans NIH started from, not of the released PNGs the boxes refer to.
 
@@ -120,6 +126,10 @@ def read_data_entry(path: Path) -> pd.DataFrame:
         "patient": "int64",
         "view": str,
     }
+    # optional: covariates for subgroups (a hand-made table without them still loads)
+    for name, title in (("age", "Patient Age"), ("sex", "Patient Gender")):
+        if title in tokens and tokens.index(title) < n_fields:
+            columns[name], dtypes[name] = tokens.index(title), str
     frame = _read_by_position(path, n_fields, columns, dtypes)
     repeated = frame["name"][frame["name"].duplicated()]
     if len(repeated):
@@ -127,6 +137,19 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     frame["findings"] = frame["findings"].fillna(NO_FINDING)
     frame["view"] = frame["view"].fillna("")
     return frame
+
+
+def entry_covariates(entry: pd.DataFrame) -> pd.DataFrame:
+    """The subgroup covariates of every ``read_data_entry`` row: ``sex``, ``age``, ``view``.
+
+    ``age`` is ``Patient Age`` in years (the 2017 table spelled some ``058Y``). The original
+    ``Data_Entry_2017.csv`` has a few ages above 100 (e.g. 148, 411-414): data-entry errors
+    that the v2020 table corrected (its maximum is 95); they are kept as given, so an age
+    bin such as ``>=60`` holds them. ``view`` is ``View Position`` (``PA`` / ``AP``).
+    """
+    n = len(entry)
+    return covariate_frame(n, sex=entry["sex"] if "sex" in entry else [None] * n,
+                           age=entry["age"] if "age" in entry else [None] * n, view=entry["view"])
 
 
 def read_bbox_list(path: Path) -> pd.DataFrame:

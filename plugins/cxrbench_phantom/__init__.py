@@ -1,8 +1,9 @@
 """cxrbench's built-in ``phantom`` plugin: synthetic chest X-rays with exact lesion boxes.
 
 Registers the ``phantom`` dataset and the ``cxrbench phantom`` commands (export the
-phantom in NIH ChestX-ray14, CheXpert or CheXlocalize layout, preview a grid of images
-with boxes), through the same public hooks a third-party plugin uses.
+phantom in NIH ChestX-ray14, CheXpert, CheXlocalize, VinDr-CXR, RSNA Pneumonia or SIIM-ACR
+layout, preview a grid of images with boxes), through the same public hooks a third-party
+plugin uses.
 """
 
 from __future__ import annotations

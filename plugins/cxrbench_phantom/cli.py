@@ -1,4 +1,4 @@
-"""``cxrbench phantom ...``: export the phantom as NIH / CheXpert / CheXlocalize files, preview it."""
+"""``cxrbench phantom ...``: export the phantom as NIH / CheXpert / CheXlocalize / VinDr-CXR / RSNA / SIIM files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from .chexlocalize_export import write_chexlocalize_layout
 from .dataset import Options, generator_for
 from .export import write_chexpert_layout, write_nih_layout
 from .preview import contact_sheet, pick_images
+from .rsna_export import write_rsna_layout
+from .siim_export import write_siim_layout
+from .vindr_export import write_vindr_layout
+
+UNCERTAIN_LAYOUTS = ("chexpert", "chexlocalize")
+DICOM_LAYOUTS = ("vindr", "rsna_pneumonia", "siim")
 
 
 def _check(**values: object) -> Options:
@@ -33,8 +39,8 @@ def phantom() -> None:
 
     The phantom dataset needs no files: a grid names it (dataset: phantom) and every
     image is generated on demand from a seed. These commands write it to disk in the
-    layouts of the real datasets, so the NIH, CheXpert and CheXlocalize loaders can be
-    tried end to end, and draw a contact sheet to look at.
+    layouts of the real datasets, so the NIH, CheXpert, CheXlocalize, VinDr-CXR, RSNA
+    Pneumonia and SIIM-ACR loaders can be tried end to end, and draw a contact sheet.
 
     \b
     Examples:
@@ -42,18 +48,22 @@ def phantom() -> None:
       cxrbench phantom export --layout nih --out data/nih-phantom --num-images 500
       cxrbench phantom export --layout chexpert --out data/chexpert-phantom --uncertain-rate 0.2
       cxrbench phantom export --layout chexlocalize --out data/chexlocalize-phantom
+      cxrbench phantom export --layout vindr --out data/vindr-phantom --num-images 300
     """  # noqa: D301 - click's \b (no rewrap) marker must stay a real backspace
 
 
 @phantom.command("export")
 @click.option(
-    "--layout", type=click.Choice(["nih", "chexpert", "chexlocalize"]), required=True,
+    "--layout", type=click.Choice(["nih", "chexpert", "chexlocalize", *DICOM_LAYOUTS]), required=True,
     help="nih: images/*.png, Data_Entry_2017_v2020.csv, BBox_List_2017.csv (boxes in 1024-px "
     "coordinates), train_val_list.txt, test_list.txt. chexpert: CheXpert-v1.0-small/train.csv, "
     "valid.csv and JPEGs under train/ and valid/. chexlocalize: CheXpert/{val,test}/ JPEGs and "
     "{val,test}_labels.csv, CheXlocalize/gt_segmentations_{val,test}.json (COCO RLE lesion masks) "
     "and gt_annotations_{val,test}.json (their contours), plus CheXpert-v1.0-small/ with the "
-    "training images (the dataset's chexpert_root; its valid/ = the val images).",
+    "training images (the dataset's chexpert_root; its valid/ = the val images). vindr: train.csv (3 "
+    "readers per image, jittered boxes) and train/<image_id>.dicom. rsna_pneumonia: stage_2_train_labels.csv "
+    "(Pneumonia lesions as 'Lung Opacity' boxes in 1024-px coordinates) and stage_2_train_images/*.dcm. siim: "
+    "train-rle.csv (one row per pneumothorax region) and dicom-images-train/<study>/<series>/*.dcm.",
 )  # fmt: skip
 @click.option(
     "--out",
@@ -67,7 +77,8 @@ def phantom() -> None:
     "--image-size",
     type=int,
     default=None,
-    help="Side of the written images in pixels [default: 256 for nih, 320 for chexpert and chexlocalize].",
+    help="Side of the written images in pixels [default: 320 for chexpert and chexlocalize, 256 for the others; "
+    "siim at most 1024].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option(
@@ -96,12 +107,16 @@ def export(
     test images that have findings, as in the real BBox_List_2017.csv. chexlocalize:
     val images go to CheXlocalize's val (and the release's valid.csv), test images to its
     test, train images to CheXpert-v1.0-small/train.csv; each pathology's mask is the
-    union of the lesions of the findings labelled with it.
+    union of the lesions of the findings labelled with it. vindr, rsna_pneumonia and
+    siim write 8-bit DICOM and every image as a training image (their datasets split
+    by a hash of the id); see the README's phantom section for each one's classes.
     """
-    if layout == "nih" and uncertain_rate is not None:
+    if layout not in UNCERTAIN_LAYOUTS and uncertain_rate is not None:
         raise UsageError("--uncertain-rate: only the chexpert layout (and the chexlocalize one's train.csv) "
                          "has uncertain labels")
-    size = image_size if image_size is not None else (256 if layout == "nih" else 320)
+    size = image_size if image_size is not None else (320 if layout in UNCERTAIN_LAYOUTS else 256)
+    if layout == "siim" and size > 1024:
+        raise UsageError(f"--image-size: the siim layout's masks are 1024 px, so images are at most 1024, got {size}")
     _check(num_images=num_images, image_size=size, seed=seed, difficulty=difficulty)
     rate = 0.1 if uncertain_rate is None else uncertain_rate
     if not 0.0 <= rate <= 1.0:
@@ -124,8 +139,11 @@ def export(
                 write_nih_layout(out, **common)  # type: ignore[arg-type]
             elif layout == "chexpert":
                 write_chexpert_layout(out, uncertain_rate=rate, **common)  # type: ignore[arg-type]
-            else:
+            elif layout == "chexlocalize":
                 write_chexlocalize_layout(out, uncertain_rate=rate, **common)  # type: ignore[arg-type]
+            else:
+                writer = {"vindr": write_vindr_layout, "rsna_pneumonia": write_rsna_layout, "siim": write_siim_layout}
+                writer[layout](out, **common)  # type: ignore[operator]
         except OSError as exc:
             raise UsageError(f"--out: {exc}") from None
     click.echo(f"wrote {num_images} phantom images in {layout} layout to {out}")

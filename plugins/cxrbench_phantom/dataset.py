@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pandas as pd
 
-from cxrbench.api import Dataset, DatasetContext, Split, UsageError, empty_boxes
+from cxrbench.api import Dataset, DatasetContext, Split, UsageError, covariate_frame, empty_boxes
 
 from .cohort import CLASSES
 from .generator import PhantomGenerator
@@ -46,8 +46,8 @@ class Options:
 
     def validate(self) -> None:
         """Raise ValueError, naming the option, when a value is out of range."""
-        if self.num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {self.num_images}")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images must be between 1 and {MAX_IMAGES:,}, got {self.num_images}")
         if not 32 <= self.image_size <= 4096:
             raise ValueError(f"image_size must be between 32 and 4096 pixels, got {self.image_size}")
         if self.seed < 0:
@@ -62,6 +62,11 @@ class Options:
                 f"got {self.val_fraction} + {self.test_fraction}"
             )
         validate_classes(self.classes)
+
+
+MAX_IMAGES = 10_000_000
+"""Most phantom images a dataset may ask for (10x ChestX-ray14): a typo such as ``10**12``
+is refused by ``validate`` instead of exhausting memory when the cohort is drawn."""
 
 
 def validate_classes(classes: tuple[str, ...] | None) -> None:
@@ -149,6 +154,9 @@ class PhantomDataset(Dataset):
                     labels=self._labels[rows],
                     boxes=self._box_table(rows) if name == "boxes" else empty_boxes(),
                     image_sizes=np.full((len(rows), 2), size, dtype=np.int64),
+                    # the cohort's synthetic sex / age / view, so `leaderboard --by` works on a fresh clone
+                    covariates=covariate_frame(len(rows), sex=cohort.sex[rows].tolist(), age=cohort.age[rows],
+                                               view=cohort.view[rows].tolist()),
                 )
             return self._splits[name]
 

@@ -24,6 +24,7 @@ here is image-level, and an NIH patient's images may fall into different splits.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,13 +37,17 @@ from cxrbench.api import (
     DatasetContext,
     FileDataset,
     FileLayout,
+    OverlapKeys,
     Split,
     UsageError,
+    check_split_fractions,
     empty_boxes,
     hashed_split,
     image_size,
+    safe_join,
 )
 
+from .mapping import MAPPING_FILE, nih_patient, read_mapping
 from .tables import BOX_LABEL, IMAGES_FOLDER, LABELS_FILE, RELEASE_SIZE, RsnaLabels, read_labels
 
 __all__ = ["RsnaPneumonia", "RsnaPneumoniaOptions"]
@@ -69,12 +74,7 @@ class RsnaPneumoniaOptions:
 
     def validate(self) -> None:
         """Check the split fractions."""
-        for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must be below 1 (train would be empty), got "
-                             f"{self.val_fraction} + {self.test_fraction}")
+        check_split_fractions(self.val_fraction, self.test_fraction)
 
 
 class RsnaPneumonia(FileDataset):
@@ -92,6 +92,8 @@ class RsnaPneumonia(FileDataset):
     def __init__(self, options: RsnaPneumoniaOptions, context: DatasetContext | None = None) -> None:
         super().__init__(options, context)
         self.classes = [BOX_LABEL]
+        self._mapping: dict[str, str] | None = None
+        self._mapping_lock = threading.Lock()
 
     # ------------------------------------------------------------------ files
 
@@ -105,6 +107,25 @@ class RsnaPneumonia(FileDataset):
     def listing_name(self, relative: str) -> str:
         """Images enter the fingerprint by file name alone, as the table names them."""
         return relative.rsplit("/", 1)[-1]
+
+    def overlap_keys(self, split_name: str) -> OverlapKeys | None:
+        """A split's NIH names from the organisers' mapping (``mapping.MAPPING_FILE`` in the root), or None.
+
+        Without the file the overlap audit compares images by perceptual hashes; with it,
+        by name, and by NIH patient too (``cxrbench.overlap``).
+        """
+        mapping = self._nih_mapping()
+        if mapping is None:
+            return None
+        names = tuple(mapping.get(i) for i in self.split(split_name).ids)
+        return OverlapKeys("nih", names, tuple(nih_patient(n) if n else None for n in names), MAPPING_FILE)
+
+    def _nih_mapping(self) -> dict[str, str] | None:
+        with self._mapping_lock:
+            if self._mapping is None:
+                path = safe_join(self.root, MAPPING_FILE)  # a link out of the root is refused
+                self._mapping = read_mapping(path) if path.is_file() else {}
+            return self._mapping or None
 
     def _index_images(self) -> dict[str, str]:
         """``patientId`` -> path of its image under ``stage_2_train_images/`` (a DICOM before a copy)."""

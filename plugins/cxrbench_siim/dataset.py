@@ -35,6 +35,7 @@ from cxrbench.api import (
     MaskRef,
     Split,
     UsageError,
+    check_split_fractions,
     hashed_split,
     image_header,
 )
@@ -68,12 +69,7 @@ class SiimOptions:
 
     def validate(self) -> None:
         """Check the split fractions."""
-        for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must be below 1 (train would be empty), got "
-                             f"{self.val_fraction} + {self.test_fraction}")
+        check_split_fractions(self.val_fraction, self.test_fraction)
 
 
 def _stem(name: str) -> str:

@@ -23,6 +23,7 @@ class ToyOptions:
     image_size: int = 32
     seed: int = 0
     fail_on_read: bool = False
+    unreadable: tuple[int, ...] = ()  # rows (dataset-wide) whose image cannot be read
     masks: bool = False  # val / boxes give pixel masks (every image x class) instead of boxes
 
 
@@ -68,7 +69,18 @@ class ToyDataset(Dataset):
             table = empty_boxes()  # the host derives the boxes from the masks
         return Split(ids=[f"toy{r:04d}" for r in rows], patient_ids=[f"p{r // 2}" for r in rows],
                      labels=self._labels[rows], boxes=table,
-                     image_sizes=np.full((len(rows), 2), self.options.image_size), masks=masks)
+                     image_sizes=np.full((len(rows), 2), self.options.image_size), masks=masks,
+                     covariates=self.covariates(rows))
+
+    @staticmethod
+    def covariates(rows):
+        """Deterministic synthetic covariates: sex by patient (``p{r // 2}``), age and view by image."""
+        from cxrbench.covariates import covariate_frame
+
+        rows = np.asarray(rows)
+        return covariate_frame(len(rows), sex=np.where((rows // 2) % 2 == 0, "F", "M").tolist(),
+                               age=(20 + (rows * 37) % 70).astype(float),
+                               view=np.where(rows % 3 == 0, "AP", "PA").tolist())
 
     def _masks(self, rows):
         from cxrbench.masks import MaskRef, encode_coco_rle
@@ -89,6 +101,8 @@ class ToyDataset(Dataset):
         if self.options.fail_on_read:
             raise OSError("simulated unreadable image")
         r = self._splits[split][index]
+        if int(r) in self.options.unreadable:
+            raise OSError(f"toy{int(r):04d}.png: simulated unreadable image")
         s = self.options.image_size
         rng = np.random.default_rng([self.options.seed, int(r)])
         img = (rng.random((s, s)) * 60 + 60).astype(np.uint8)

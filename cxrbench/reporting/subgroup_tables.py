@@ -1,0 +1,348 @@
+"""``cxrbench leaderboard --by COVARIATE``: subgroup records from the cells' saved files, as tables and exports.
+
+For every ok cell of the leaderboard (in its rank order) the test split's saved predictions
+and covariates give per-group AUROC; every scored localizer's per-pair scores
+(``pairs/<key>.npz``) and the localization split's covariates give per-group MaxBoxAccV2,
+IoU and hit rate. The numbers are defined in :mod:`cxrbench.subgroups` (docs/metrics.md,
+"Subgroups"). A cell run before cxrbench saved covariates, or whose dataset has no such
+covariate, is named in one line of :attr:`SubgroupReport.notes`, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from rich.markup import escape
+from rich.table import Table
+
+from .. import catalogue
+from ..artifacts import CellArtifacts, load_predictions
+from ..covariates import SavedCovariates, load_covariates
+from ..records import json_safe
+from ..subgroups import LOCALIZATION_KEYS, Grouping, SubgroupScores, subgroup_auroc, subgroup_localization
+from .columns import fmt
+from .rows import LeaderboardRow
+
+SUBGROUP_FORMATS = ("table", "json", "csv")
+"""The ``--format`` values ``--by`` supports."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SubgroupRecord:
+    """One exported subgroup number set: a group of a cell (``subgroup``) or a gap (``gap``).
+
+    Attributes:
+        kind: ``subgroup`` or ``gap``.
+        cell_id: the cell.
+        grid: its grid.
+        dataset: axis label.
+        backbone: axis label.
+        head: axis label.
+        seed: the seed.
+        localizer: None for classification records, else the localizer's name.
+        by: the ``--by`` value (``sex``, ``age:40,60``).
+        split: the split scored (``test``, ``boxes``, ``boxes:test``).
+        group: the group's label; a gap's ``best - worst``.
+        n_images: images of the group (subgroup records).
+        n_patients: their patients.
+        n_pairs: localization: (image, class) pairs with a true box.
+        metrics: a group's metrics and intervals; a gap's ``gap``, ``gap_ci_low``, ``gap_ci_high``.
+        metric: a gap's metric key.
+        best: a gap's best group.
+        worst: a gap's worst group.
+        mean_classes: classification: the classes averaged in ``auroc_mean``.
+
+    """
+
+    kind: Literal["subgroup", "gap"]
+    cell_id: str
+    grid: str
+    dataset: str
+    backbone: str
+    head: str
+    seed: Any
+    localizer: str | None
+    by: str
+    split: str
+    group: str
+    n_images: int | None = None
+    n_patients: int | None = None
+    n_pairs: int | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    metric: str | None = None
+    best: str | None = None
+    worst: str | None = None
+    mean_classes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (NaN as null); a gap record has no image counts."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["mean_classes"] = list(self.mean_classes)
+        if self.kind == "gap":
+            for key in ("n_images", "n_patients", "n_pairs", "mean_classes"):
+                out.pop(key)
+        else:
+            for key in ("metric", "best", "worst"):
+                out.pop(key)
+        return json_safe(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubgroupReport:
+    """The records of ``--by``, and one line per kind of cell that could not be split.
+
+    Attributes:
+        grouping: the ``--by`` grouping.
+        records: subgroup and gap records, cells in leaderboard order.
+        notes: one line per reason cells (or localizers) are left out, naming them.
+
+    """
+
+    grouping: Grouping
+    records: tuple[SubgroupRecord, ...]
+    notes: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def _values(saved: SavedCovariates, column: str, ids: np.ndarray) -> np.ndarray | None:
+    """The covariate of each id (missing where the id was not saved), or None without the column."""
+    values = saved.column(column)
+    if values is None:
+        return None
+    where = pd.Index(saved.ids).get_indexer(np.asarray(ids).astype(str))
+    found = where >= 0
+    out = np.full(where.shape, np.nan) if values.dtype.kind == "f" else np.full(where.shape, "", dtype=values.dtype)
+    out[found] = values[where[found]]
+    return out
+
+
+def _records(row: LeaderboardRow, grouping: Grouping, split: str, scores: SubgroupScores,
+             localizer: str | None) -> list[SubgroupRecord]:
+    base = dict(cell_id=row.cell_id, grid=row.grid, dataset=row.dataset, backbone=row.backbone, head=row.head,
+                seed=row.seed, localizer=localizer, by=grouping.text, split=split)
+    out = [SubgroupRecord(kind="subgroup", group=g.group, n_images=g.n_images, n_patients=g.n_patients,
+                          n_pairs=g.n_pairs, metrics=dict(g.metrics), mean_classes=scores.mean_classes, **base)
+           for g in scores.groups]
+    out += [SubgroupRecord(kind="gap", group=f"{gap.best} - {gap.worst}", metric=gap.metric, best=gap.best,
+                           worst=gap.worst, metrics={"gap": gap.value, "gap_ci_low": gap.low, "gap_ci_high": gap.high},
+                           **base) for gap in scores.gaps]
+    return out
+
+
+def _evaluation(row: LeaderboardRow) -> tuple[int, int, float]:
+    evaluation = row.provenance.get("evaluation") or {}
+    return (int(evaluation.get("bootstrap", 1000)), int(evaluation.get("bootstrap_seed", 0)),
+            float(evaluation.get("ci", 0.95)))
+
+
+def _load_pairs(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in ("ids", "patients", "classes", "best_iou", "hits", "correct")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path, grouping: Grouping) -> SubgroupReport:
+    """Score every ok cell of ``rows`` (and its ok localizers) by ``grouping``.
+
+    Args:
+        rows: ranked leaderboard rows (one per cell x localizer).
+        results_root: the results directory holding ``cells/<id>/``.
+        grouping: the ``--by`` grouping.
+
+    Returns:
+        The records and the notes.
+
+    Raises:
+        ValueError: ``grouping`` does not fit the covariate (a numeric one without edges, or
+            edges on a text one): one line.
+
+    """
+    root = Path(results_root)
+    records: list[SubgroupRecord] = []
+    no_file: list[str] = []
+    no_column: dict[str, list[str]] = {}
+    no_loc: list[str] = []
+    scored: list[str] = []
+    seen: set[str] = set()
+    cells = [r for r in rows if r.kind == "cell" and r.status == "ok"]
+    for row in cells:
+        if row.cell_id in seen:
+            continue
+        seen.add(row.cell_id)
+        if (row.info or {}).get("kind") == "scored maps":  # 'cxrbench score' rows: no images of their own here
+            scored.append(row.cell_id)
+            continue
+        artifacts = CellArtifacts.of(root, row.cell_id)
+        saved = load_covariates(artifacts.covariates)
+        if saved is None:
+            no_file.append(row.cell_id)
+            continue
+        n_boot, seed, ci = _evaluation(row)
+        test, predictions = saved.get("test"), load_predictions(artifacts.predictions)
+        if test is not None and predictions is not None:
+            values = _values(test, grouping.column, predictions.ids)
+            if values is None:
+                no_column.setdefault(", ".join(sorted(test.columns)) or "none", []).append(row.cell_id)
+            else:
+                groups, order = grouping.assign(values)
+                scores = subgroup_auroc(predictions.labels, predictions.scores, predictions.patient_ids, groups,
+                                        order, predictions.classes, n_boot=n_boot, seed=seed, ci=ci)
+                records += _records(row, grouping, test.split, scores, None)
+        located = saved.get("localization")
+        for loc in (r for r in cells if r.cell_id == row.cell_id and r.localizer_status == "ok" and r.localizer_key):
+            pairs = _load_pairs(artifacts.pair_scores(loc.localizer_key))
+            values = _values(located, grouping.column, pairs["ids"]) if located is not None and pairs else None
+            if values is None:
+                no_loc.append(f"{row.cell_id}/{loc.localizer}")
+                continue
+            groups, order = grouping.assign(values)
+            scores = subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
+                                           pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
+                                           ci=ci)
+            records += _records(row, grouping, located.split, scores, loc.localizer)
+    notes = []
+    if no_file:
+        notes.append(f"{len(no_file)} cell(s) without covariates (run before cxrbench saved them; --force retrains "
+                     f"them): {', '.join(no_file)}")
+    for have, ids in no_column.items():
+        notes.append(f"{len(ids)} cell(s) whose test split has no covariate '{grouping.column}' (it has: {have}): "
+                     f"{', '.join(ids)}")
+    if scored:
+        notes.append(f"{len(scored)} row(s) of maps scored by 'cxrbench score' have no covariates: {', '.join(scored)}")
+    if no_loc:
+        notes.append(f"{len(no_loc)} localizer(s) without per-pair scores or localization covariates with "
+                     f"'{grouping.column}': {', '.join(no_loc)}")
+    return SubgroupReport(grouping, tuple(records), tuple(notes))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def export_subgroups(report: SubgroupReport, fmt_name: str) -> str:
+    """The records as ``json`` (a list) or ``csv`` (one row per record, metrics as columns)."""
+    records = [r.to_json() for r in report.records]
+    if fmt_name == "json":
+        return json.dumps(records, indent=2)
+    if fmt_name == "csv":
+        flat = []
+        for record in records:
+            metrics = record.pop("metrics")
+            if "mean_classes" in record:
+                record["mean_classes"] = "|".join(record["mean_classes"])
+            flat.append({**record, **metrics})
+        frame = pd.DataFrame(flat)
+        for count in ("n_images", "n_patients", "n_pairs"):  # whole numbers, blank for gap rows
+            if count in frame:
+                frame[count] = frame[count].astype("Int64")
+        return frame.to_csv(index=False) if not frame.empty else "kind\n"
+    raise ValueError(f"--by: --format {fmt_name} is not supported; use one of {', '.join(SUBGROUP_FORMATS)}")
+
+
+def _ci(metrics: dict[str, float], key: str) -> str:
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "-"
+    return f"{low:.3f}-{high:.3f}"
+
+
+def _level(rows: Sequence[LeaderboardRow]) -> str:
+    levels = {(r.provenance.get("evaluation") or {}).get("ci", 0.95) for r in rows if r.kind == "cell"}
+    return f"{100 * float(levels.pop()):g}% CI" if len(levels) == 1 else "CI"
+
+
+def _gap_text(record: SubgroupRecord) -> tuple[str, str]:
+    m = record.metrics
+    value = "-" if math.isnan(m["gap"]) else f"{m['gap']:+.3f} ({record.best} - {record.worst})"
+    low, high = m.get("gap_ci_low", math.nan), m.get("gap_ci_high", math.nan)
+    # brackets: a gap's bounds may be negative, and "-0.09-0.18" reads badly
+    return value, "-" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def classification_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+    """Rows cell x group (then the cell's gap row): images, patients, mean AUROC with CI, per class."""
+    records = [r for r in report.records if r.localizer is None]
+    if not records:
+        return None
+    classes = list(dict.fromkeys(k.split("/", 1)[1] for r in records if r.kind == "subgroup" for k in r.metrics
+                                 if k.startswith("auroc/")))
+    table = Table(title=f"Classification by {report.grouping.text} ({records[0].split} split)", title_justify="left",
+                  header_style="bold")
+    for col in ("dataset", "backbone", "head", "seed", "group", "images", "patients", catalogue.label("auroc_mean"),
+                _level(rows)):
+        table.add_column(col, justify="right" if col in ("seed", "images", "patients") else "left")
+    for name in classes:
+        table.add_column(name[:14], justify="right")
+    table.add_column("cell", style="dim", no_wrap=True)
+    previous = None
+    for r in records:
+        axes = [escape(r.dataset), escape(r.backbone), escape(r.head), str(r.seed)] if r.cell_id != previous \
+            else ["", "", "", ""]
+        previous = r.cell_id
+        if r.kind == "gap":
+            value, ci = _gap_text(r)
+            table.add_row(*axes, "[bold]gap[/]", "", "", value, ci, *["" for _ in classes], r.cell_id[:12],
+                          end_section=True)
+            continue
+        table.add_row(*axes, escape(r.group), str(r.n_images), str(r.n_patients), fmt(r.metrics.get("auroc_mean")),
+                      _ci(r.metrics, "auroc"), *[fmt(r.metrics.get(f"auroc/{c}")) for c in classes], r.cell_id[:12])
+    return table
+
+
+def localization_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+    """Rows cell x localizer x group (then one gap row): pairs, MaxBoxAccV2, IoU, hit rate with CIs."""
+    records = [r for r in report.records if r.localizer is not None]
+    if not records:
+        return None
+    table = Table(title=f"Localization by {report.grouping.text} ({records[0].split} split)", title_justify="left",
+                  header_style="bold")
+    for col in ("dataset", "backbone", "head", "seed", "localizer", "group", "images", "patients", "pairs"):
+        table.add_column(col, justify="right" if col in ("seed", "images", "patients", "pairs") else "left")
+    level = _level(rows)
+    for key in LOCALIZATION_KEYS:
+        table.add_column(catalogue.label(key), justify="right")
+        table.add_column(level, justify="left")
+    table.add_column("cell", style="dim", no_wrap=True)
+    previous = None
+    for r in records:
+        here = (r.cell_id, r.localizer)
+        axes = [escape(r.dataset), escape(r.backbone), escape(r.head), str(r.seed), escape(r.localizer or "")] \
+            if here != previous else ["", "", "", "", ""]
+        previous = here
+        if r.kind == "gap":
+            gaps = {g.metric: g for g in records if g.kind == "gap" and (g.cell_id, g.localizer) == here}
+            if r is not next(iter(gaps.values())):
+                continue  # one gap row per (cell, localizer), every metric's gap in its column
+            values = [text for key in LOCALIZATION_KEYS
+                      for text in (_gap_text(gaps[key]) if key in gaps else ("-", "-"))]
+            table.add_row(*axes, "[bold]gap[/]", "", "", "", *values, r.cell_id[:12], end_section=True)
+            continue
+        values = [text for key in LOCALIZATION_KEYS
+                  for text in (fmt(r.metrics.get(key), catalogue.digits(key)), _ci(r.metrics, key))]
+        table.add_row(*axes, escape(r.group), str(r.n_images), str(r.n_patients), str(r.n_pairs), *values,
+                      r.cell_id[:12])
+    return table
+
+
+def render_subgroups(console: Any, report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> None:
+    """Print the classification and localization subgroup tables and the notes."""
+    tables = [t for t in (classification_subgroup_table(report, rows), localization_subgroup_table(report, rows))
+              if t is not None]
+    for table in tables:
+        console.print(table)
+    if not tables:
+        console.print(f"No subgroups by {escape(report.grouping.text)}.", highlight=False)
+    for note in report.notes:
+        console.print(escape(note), style="yellow", highlight=False)
