@@ -131,9 +131,9 @@ def test_a_damaged_database_is_one_line_for_readers_too(run_cli, tiny_grid_dict,
     assert run_cli("run", "--grid", grid, "--results", results, "--no-progress").exit_code == 0
     db = results / "cxrbench.sqlite"
     data = bytearray(db.read_bytes())
-    page = 4096
-    for start in range(page, len(data), page):  # every page after the header: garbage
-        data[start + 8:start + 64] = b"\xff" * 56
+    page = int.from_bytes(data[16:18], "big")  # the file header's page size
+    for start in range(page, len(data), page):  # every b-tree page after the schema: an invalid page type
+        data[start] = 0xFF
     db.write_bytes(bytes(data))
     for command in (["leaderboard", "--results", results], ["show", "--results", results, "abc"]):
         result = run_cli(*command)
