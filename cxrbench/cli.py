@@ -993,7 +993,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler, ``kill``) stops a run as Ctrl-C does: finished cells saved, exit 2."""
+    """SIGINT or SIGTERM (Ctrl-C, a scheduler, ``kill``): stop the run, finished cells saved, exit 2.
+
+    Further signals are ignored from this moment, before the interrupt is raised: one
+    arriving while the first is handled (even before the handler reaches its own
+    ``except``) would otherwise end the process by the signal (rc -2) instead of exit 2.
+    """
+    _ignore_further_interrupts()
     raise KeyboardInterrupt
 
 
@@ -1002,6 +1008,7 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     cli.main(args=argv, prog_name="cxrbench")
 
 

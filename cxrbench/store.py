@@ -530,6 +530,15 @@ class ResultsStore:
             + where
         )
         rows = self._conn.execute(query, params).fetchall()
+        try:
+            return self._decode_cells(rows, grid)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # values SQLite still returns from damaged pages (NULLs, garbage text) are not records
+            raise UsageError(f"{self.db_path}: stored records cannot be read ({type(exc).__name__}: "
+                             f"{str(exc)[:160]}); the database looks damaged: restore a copy, or recover it with: "
+                             f"sqlite3 {self.db_path} .recover | sqlite3 recovered.sqlite") from None
+
+    def _decode_cells(self, rows: list[tuple], grid: str | None) -> list[CellResult]:
         locs = self._localizations([r[0] for r in rows] if len(rows) < 500 else None)
         transfers = transferstore.read(self._conn, [r[0] for r in rows] if len(rows) < 500 else None) \
             if self._tables is None or "transfers" in self._tables else {}  # a read-only store from before them

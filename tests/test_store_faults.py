@@ -140,3 +140,18 @@ def test_a_damaged_database_is_one_line_for_readers_too(run_cli, tiny_grid_dict,
         assert result.exit_code == 4, (command, result.output)  # before: internal error: DatabaseError (exit 3)
         assert "internal error" not in result.output and result.output.strip().count("\n") == 0, result.output
         assert "results database" in result.output
+
+
+def test_garbage_in_stored_records_is_one_line_not_an_internal_error(run_cli, tiny_grid_dict, tmp_path):
+    import yaml
+
+    tiny_grid_dict.update(heads=["avg"], localizers=[])
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_dict))
+    results = tmp_path / "r"
+    assert run_cli("run", "--grid", grid, "--results", results, "--no-progress").exit_code == 0
+    with sqlite3.connect(results / "cxrbench.sqlite") as conn:  # what a damaged page can read back as
+        conn.execute("UPDATE cells SET metrics = 'not json {'")
+    result = run_cli("leaderboard", "--results", results)
+    assert result.exit_code == 4 and "internal error" not in result.output, result.output
+    assert "stored records cannot be read" in result.output and result.output.strip().count("\n") == 0
