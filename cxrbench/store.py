@@ -64,6 +64,32 @@ CREATE TABLE IF NOT EXISTS grids (
 """
 
 
+OPEN_LOCK_NAME = ".open.lock"
+
+
+@contextlib.contextmanager
+def _opening_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold ``root/.open.lock`` while a store is opened (exclusive to write, shared to read).
+
+    A reader takes it only where it already exists: a read-only folder cannot hold a new file,
+    and a store whose opener never made one is not being set up now.
+    """
+    path = root / OPEN_LOCK_NAME
+    try:
+        handle = open(path, "a+" if exclusive else "r")  # noqa: SIM115 (closed below)
+    except OSError:
+        if exclusive:
+            raise UsageError(f"cannot create {path}: the results directory is not writable") from None
+        yield
+        return
+    with contextlib.suppress(OSError):  # a filesystem without flock: open as before, unserialised
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        handle.close()
+
+
 def busy_wait_s() -> float:
     """How long a write waits for another process's lock (``CXRBENCH_STORE_BUSY_S``, default 600 s)."""
     try:
@@ -176,11 +202,17 @@ class ResultsStore:
             if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
                 raise UsageError(f"{self.root} is read-only: results cannot be recorded there "
                                  "(leaderboard, show and report still read it; run with --results DIR)")
+        # one opener at a time sets a store up: another one's new file is empty until its schema
+        # lands, and two openers migrating together would add the same column twice
+        with _opening_lock(self.root, exclusive=not readonly):
+            self._open()
+
+    def _open(self) -> None:
         if self.db_path.is_file() and self.db_path.stat().st_size == 0:
             # SQLite would silently start a new store in it: results believed saved would be gone
             raise UsageError(f"{self.db_path}: empty file, not a cxrbench results database "
                              "(delete it to start a new store)")
-        if readonly:
+        if self.readonly:
             self._conn = self._connect_readonly()
             return
         try:
@@ -238,10 +270,29 @@ class ResultsStore:
         return f"{alias}.{column}" if alias else column
 
     def _migrate(self) -> None:
-        for table, column, decl in MIGRATIONS:
-            have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
+        """Add the columns an older store lacks.
+
+        Two processes may open a fresh store at once (a run and a ``leaderboard`` watching
+        it): the check and the ``ALTER`` run under one write lock, so neither adds a column
+        the other has just added.
+        """
+        def missing() -> list[tuple[str, str, str]]:
+            have: dict[str, set[str]] = {}
+            for table, _, _ in MIGRATIONS:
+                if table not in have:
+                    have[table] = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            return [m for m in MIGRATIONS if m[1] not in have[m[0]]]
+
+        if not missing():  # the common case takes no write lock
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, decl in missing():
                 self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def close(self) -> None:
         self.release_lock()

@@ -155,3 +155,31 @@ def test_garbage_in_stored_records_is_one_line_not_an_internal_error(run_cli, ti
     result = run_cli("leaderboard", "--results", results)
     assert result.exit_code == 4 and "internal error" not in result.output, result.output
     assert "stored records cannot be read" in result.output and result.output.strip().count("\n") == 0
+
+
+def _open_store_at(root: str, start: float) -> str:
+    """A spawned process opening the store at ``root`` once the wall clock passes ``start``."""
+    import time
+
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        with ResultsStore(root) as store:
+            return ",".join(row[1] for row in store._conn.execute("PRAGMA table_info(cells)"))
+    except Exception as exc:  # noqa: BLE001 (the test reports what any opener saw)
+        return f"error: {exc}"
+
+
+def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
+    # before: a run and a watcher opening a new store together could both add a migrated column,
+    # and the second read "not a cxrbench results database (duplicate column name: provenance)"
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        for trial in range(4):
+            root = str(tmp_path / f"r{trial}")
+            start = time.time() + 1.5
+            answers = pool.starmap(_open_store_at, [(root, start)] * 6)
+            assert not [a for a in answers if a.startswith("error")], answers
+            assert all("provenance" in a and "warnings" in a for a in answers), answers
