@@ -648,10 +648,11 @@ def reporting_rows(store: Any, grid_name: str) -> Any:
 
 @cli.command()
 @results_option
-@click.option("--grid", "grid_name", required=True, help="The grid to report on.")
+@click.option("--grid", "grid_name", default=None,
+              help="The grid to report on (its name in the store; may be left out when the store holds one grid).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True, help="The HTML file to write.")
-def report(results_dir: Path, grid_name: str, out: Path) -> None:
+def report(results_dir: Path, grid_name: str | None, out: Path) -> None:
     """Write ONE self-contained HTML report: leaderboards, ROC curves, heatmap gallery.
 
     Opens without a network connection (images are inlined).
@@ -659,8 +660,14 @@ def report(results_dir: Path, grid_name: str, out: Path) -> None:
     from .reporting.html import build_report
 
     with _open_results(results_dir) as store:
-        if grid_name not in store.grids():
-            known = ", ".join(store.grids()) or "none"
+        grids = store.grids()
+        if grid_name is None:
+            if len(grids) != 1:
+                known = ", ".join(grids) or "none"
+                raise UsageError(f"{results_dir} holds {len(grids)} grids: name one with --grid (grids: {known})")
+            grid_name = grids[0]
+        if grid_name not in grids:
+            known = ", ".join(grids) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
         text = build_report(store, STATE.registry, grid_name)
     tmp = out.with_name(out.name + ".tmp")

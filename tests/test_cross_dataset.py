@@ -209,6 +209,40 @@ def test_leaderboard_exports_transfer_records(pm, registry, tmp_path):
     assert "Cross-dataset" in table.output
 
 
+def test_latex_html_and_report_give_transfers_a_table_of_their_own(pm, registry, tmp_path):
+    # before: --format latex/html ranked "toy -> renamed" with the cells in the localization
+    # table (bold if best), dropped it from classification, and the report had no such rows
+    import re
+
+    bad = {"name": "toy_renamed", "label": "broken", "options": {"num_images": 32, "fail_on_read": True}}
+    path, results = tmp_path / "g.yaml", tmp_path / "r"
+    path.write_text(yaml.safe_dump(grid_dict({**RENAMED, "label": "renamed"}, bad)))
+    with cli_with(pm) as invoke:
+        invoke("run", "--grid", path, "--results", results, "--no-progress")
+        latex = invoke("leaderboard", "--results", results, "--format", "latex").output
+        html = invoke("leaderboard", "--results", results, "--format", "html").output
+        report = invoke("report", "--results", results, "--out", tmp_path / "report.html")
+        assert report.exit_code == 0, report.output
+    with ResultsStore(results, readonly=True) as store:
+        (cell,) = store.cells("xds")
+        ok = next(t for t in cell.transfers if t.target == "renamed")
+    tables = latex.split(r"\begin{table}")
+    own = [t for t in tables if "tab:cxrbench-cross-dataset" in t]
+    assert len(own) == 1 and not any("renamed" in t or "broken" in t for t in tables if t not in own)
+    rows = [line for line in own[0].splitlines() if r"$\rightarrow$" in line and "scored on" not in line]
+    assert [line.split(" & ")[0] for line in rows] == [r"toy $\rightarrow$ broken", r"toy $\rightarrow$ renamed"]
+    assert rows[0].split(" & ")[4] == "failed" and r"\textbf" not in own[0]
+    assert rows[1].split(" & ")[4].startswith(f"{ok.metrics['auroc_mean']:.3f}")
+    sections = {name: text for name, text in re.findall(r"<h2>([\w-]+)</h2>(.*?)(?=<h2>|$)", html, re.S)}
+    assert set(sections) == {"Classification", "Localization", "Cross-dataset"}
+    assert "renamed" not in sections["Localization"] and "toy -&gt; renamed" in sections["Cross-dataset"]
+    page = (tmp_path / "report.html").read_text()
+    section = re.search(r"<section id='cross-dataset'>(.*?)</section>", page, re.S).group(1)
+    assert "toy -&gt; broken" in section and "simulated unreadable image" in section
+    assert f"{ok.metrics['auroc_mean']:.3f}" in section
+    assert "href='#cross-dataset'" in page  # in the table of contents
+
+
 def test_merged_class_scored_by_the_parts_maximum(pm, registry, tmp_path):
     source = {"name": "toy_renamed", "options": {"num_images": 48, "image_size": 32, "classes": ["Nodule", "Mass"]}}
     merged = {"name": "toy_merged", "options": {"num_images": 32, "image_size": 32, "seed": 2}}

@@ -607,6 +607,20 @@ def test_report_unknown_grid_is_a_usage_error(run_cli, results, tmp_path):
                  "no grid named 'nope'", "tiny")
 
 
+def test_report_without_grid_reports_the_only_grid_and_names_them_when_several(run_cli, results, tmp_path):
+    import shutil
+
+    out = tmp_path / "only.html"
+    assert run_cli("report", "--results", results, "--out", out).exit_code == 0
+    assert "cxrbench report: tiny" in out.read_text(encoding="utf-8")
+    copy_root = tmp_path / "two"
+    shutil.copytree(results, copy_root)
+    with ResultsStore(copy_root) as store:
+        store.register_grid("other", {"name": "other"}, [])
+    _usage_error(run_cli("report", "--results", copy_root, "--out", tmp_path / "r.html"),
+                 "holds 2 grids: name one with --grid", "other, tiny")
+
+
 def test_group_rows_without_ok_rows_and_nan_std():
     base = {"kind": "cell", "grid": "g", "dataset": "d", "backbone": "b", "head": "h", "localizer": None,
             "status": "ok"}

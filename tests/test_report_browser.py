@@ -1,7 +1,7 @@
 """The HTML report in a real browser: headless Chromium at 1280 x 900, over the DevTools protocol.
 
-A tiny grid (one backbone, one head, two seeds, cam and gradcam) is trained once for the
-module; gradcam is then recorded as failed on both seeds with a reason, as a localizer
+A tiny grid (one backbone, one head, two seeds, cam and gradcam, and an ``evaluate_on:``
+target) is trained once for the module; gradcam is then recorded as failed on both seeds with a reason, as a localizer
 that cannot explain a model is. The report is opened in Chromium (the Debian package;
 ``.ci/run`` installs it) and the test fails on any JavaScript error or console error, on
 a network request, on a page wider than the window, on an image that does not decode, on
@@ -88,6 +88,9 @@ def report(tmp_path_factory):
     registry = Registry.from_plugin_manager(pm)
     grid = copy.deepcopy(TINY_GRID)
     grid.update(seeds=[0, 1], heads=["avg"])
+    # a second "hospital" (other images of the same classes) scored without retraining
+    grid["evaluate_on"] = [{"name": "toy", "label": "toy-b", "options": {"num_images": 48, "image_size": 32,
+                                                                          "seed": 5}}]
     folder = tmp_path_factory.mktemp("browser")
     with ResultsStore(folder / "results") as store:
         summary = run_grid(parse_grid(grid, registry), pm, store)
@@ -158,6 +161,15 @@ def test_every_image_decodes(page):
         assert {"reliability Blob", "reliability Bar"} <= set(alts)
     gallery = [a for a in alts if a.endswith(" cam")]
     assert gallery and not [a for a in alts if a.endswith(" gradcam")]  # gradcam failed: not drawn
+
+
+def test_cross_dataset_rows_have_their_own_table(page, report):
+    rows = page.evaluate(f"{ROWS}('cross-dataset')")
+    pairs = [r[0]["text"] for r in rows]
+    assert pairs and set(pairs) == {"toy -> toy-b"}
+    assert len({r[3]["text"] for r in rows}) == 2  # both seeds
+    assert "toy-b" not in page.evaluate("document.getElementById('localization').innerText")
+    assert "toy-b" not in page.evaluate("document.getElementById('classification').innerText")
 
 
 def test_failed_localizer_shows_failed_and_its_reason(page):

@@ -116,7 +116,8 @@ def _value_cell(r: LeaderboardRow, key: str, *, plain: bool) -> Cell:
 
 def _interval(r: LeaderboardRow, key: str) -> tuple[Any, Any] | None:
     spec = catalogue.lookup(key)
-    if r.kind != "cell" or spec is None or spec.ci is None or key == "auroc_mean":  # AUROC's has its own column
+    # (AUROC's interval has its own column)
+    if r.kind not in ("cell", "transfer") or spec is None or spec.ci is None or key == "auroc_mean":
         return None
     return r.metrics.get(spec.ci[0]), r.metrics.get(spec.ci[1])
 
@@ -132,11 +133,16 @@ def html_tables(rows: Sequence[LeaderboardRow], sort_key: str | None = None) -> 
     """
     if not rows:
         return "<p>No results.</p>"
-    cells = cell_rows(rows, sort_key)
-    parts = ["<h2>Classification</h2>", _classification_rows_table(cells, plain=True)]
+    transfers = [r for r in rows if r.kind == "transfer"]  # evaluate_on: their own table, never ranked with cells
+    rows = [r for r in rows if r.kind != "transfer"]
+    parts = []
+    if rows:
+        parts += ["<h2>Classification</h2>", _classification_rows_table(cell_rows(rows, sort_key), plain=True)]
     loc = localizer_rows(rows, sort_key)
     if loc:
         parts += ["<h2>Localization</h2>", _localization_rows_table(loc, plain=True)]
+    if transfers:
+        parts += ["<h2>Cross-dataset</h2>", f"<p class='note'>{TRANSFER_NOTE}</p>", _transfer_table(transfers)]
     return "\n".join(parts)
 
 
@@ -454,6 +460,56 @@ def _localization_section(groups: Sequence[SeedGroup], rows: Sequence[Leaderboar
     return "".join(parts)
 
 
+def _transfer_section(cells: Sequence[Any]) -> str:
+    """``evaluate_on:``: each trained cell scored on another dataset, one row per cell, target and localizer."""
+    from .transfers import transfer_rows
+
+    rows = transfer_rows(cells)
+    if not rows:
+        return ""
+    pairs = sorted({r.dataset for r in rows})
+    return ("<section id='cross-dataset'><h2>Cross-dataset</h2>"
+            f"<p class='note'>{TRANSFER_NOTE} {len(pairs)} pair{'s' if len(pairs) != 1 else ''}: "
+            f"{esc(', '.join(pairs))}.</p>{_transfer_table(rows, table_id='cross-dataset')}</section>")
+
+
+TRANSFER_NOTE = ("each trained cell scored, without retraining, on another dataset's test split "
+                 "(<code>evaluate_on:</code>), on the classes both datasets share by name (docs/datasets.md lists "
+                 "the synonyms); AUROC intervals are bootstrapped over the target's patients. These rows are "
+                 "never ranked with the cells'.")
+
+
+def _transfer_table(rows: Sequence[LeaderboardRow], *, table_id: str = "") -> str:
+    """The transfer rows as one table: pair, model, status, AUROC with its interval, per class, localization."""
+    per_class = per_class_auroc_keys(rows)
+    loc_keys = [k for k in localization_keys(rows) if k != "loc_ms_per_image"]
+    with_localizer = any(r.localizer for r in rows)
+    with_overlap = any((r.metrics.get("overlap_excluded") or 0) > 0 for r in rows)
+    columns = [Column("trained on -> scored on", text=True), Column("backbone", text=True),
+               Column("head", text=True), Column("seed"),
+               *([Column("localizer", text=True)] if with_localizer else []), Column("status", text=True),
+               metric_column("auroc_mean"), Column(ci_level(rows), title="bootstrap interval of the mean AUROC"),
+               *[metric_column(k) for k in per_class], *[metric_column(k) for k in loc_keys],
+               *([metric_column("overlap_excluded", "excluded")] if with_overlap else []),
+               Column("cell", text=True)]
+    body = []
+    for r in rows:
+        values = [_value_cell(r, k, plain=False) for k in per_class]
+        if r.localizer_status == "failed" and loc_keys:
+            values += [failed_cell(one_line(r.localizer_error or "no reason recorded"))]
+            values += [Cell("-", sortable_number=True)] * (len(loc_keys) - 1)
+        else:
+            values += [_value_cell(r, k, plain=False) for k in loc_keys]
+        if with_overlap:
+            values.append(number_cell("overlap_excluded", r.metrics.get("overlap_excluded")))
+        body.append([text_cell(r.dataset), text_cell(r.backbone), text_cell(r.head),
+                     Cell(esc(r.seed), sort=float(r.seed), sortable_number=True),
+                     *([text_cell(r.localizer or "-")] if with_localizer else []), _status_cell(r),
+                     _value_cell(r, "auroc_mean", plain=False), Cell(esc(ci_text(r)), css="ci"), *values,
+                     text_cell(r.cell_id, css="text muted")])
+    return table(columns, body, table_id=table_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Metric:
     key: str
@@ -694,6 +750,7 @@ def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = 
     body += [
         _classification_section(rows, cls_groups, store.root),
         _localization_section(loc_groups, rows),
+        _transfer_section(stored),
         _tradeoff_section(cls_groups, loc_groups),
         _training_section(cls_groups),
         _roc_section(store, ranked, roc_cells),

@@ -3,13 +3,15 @@ r"""LaTeX leaderboards for papers: booktabs tables from the same rows as the oth
 Three tables, each a ``table`` float with a caption and a label: classification (one row per
 cell or group: the catalogue's classification columns with their intervals), per-class
 AUROC, and localization (one row per cell x localizer), the last two only when the rows
-have them. The best value of each column (by the catalogue's direction, at the digits
-shown) is bold; ties are all bold. An interval is written as ``value ± half-width``
-(``ci_style="pm"``; the half-width of the percentile interval, ``(high - low) / 2``, which
-hides any asymmetry) or as ``value [low, high]`` (``ci_style="interval"``). A grouped row
-shows ``mean ± std`` over its members instead. Reference rows (published baselines) follow
-the ranked rows under their own rule, marked ``ref.``, never bold, and their sources and
-caveats are listed under the table. Needs ``\usepackage{booktabs}``.
+have them; cross-dataset rows (``evaluate_on:``) get a fourth table of their own, in
+source-target order and never ranked or bolded with the cells (their test sets differ).
+The best value of each column (by the catalogue's direction, at the digits shown) is bold;
+ties are all bold. An interval is written as ``value ± half-width`` (``ci_style="pm"``; the
+half-width of the percentile interval, ``(high - low) / 2``, which hides any asymmetry) or
+as ``value [low, high]`` (``ci_style="interval"``). A grouped row shows ``mean ± std`` over
+its members instead. Reference rows (published baselines) follow the ranked rows under
+their own rule, marked ``ref.``, never bold, and their sources and caveats are listed under
+the table. Needs ``\usepackage{booktabs}``.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def latex_tables(rows: Sequence[LeaderboardRow], sort_key: str | None = None, *,
     if ci_style not in CI_STYLES:
         raise ValueError(f"ci_style must be one of {', '.join(CI_STYLES)}, got {ci_style!r}")
     refs = [r for r in rows if r.kind == "reference"]
-    ranked = [r for r in rows if r.kind != "reference"]
+    transfers = [r for r in rows if r.kind == "transfer"]
+    ranked = [r for r in rows if r.kind not in ("reference", "transfer")]
     out = [r"% cxrbench leaderboard (needs \usepackage{booktabs})"]
     trained = [r for r in ranked if (r.info or {}).get("kind") != "scored maps"]
     if trained:
@@ -131,6 +134,8 @@ def latex_tables(rows: Sequence[LeaderboardRow], sort_key: str | None = None, *,
     localization = _localization(localizer_rows(ranked, sort_key), ci_style)
     if localization:
         out.append(localization)
+    if transfers:
+        out.append(_cross_dataset(transfers, ci_style))
     if len(out) == 1:
         out.append("% no results")
     return "\n\n".join(out) + "\n"
@@ -186,3 +191,31 @@ def _localization(rows: Sequence[LeaderboardRow], ci_style: str) -> str | None:
         body.append([str(rank), *_axes_cells(r, axes), *values])
     return _tabular(header, body, (), "r" + "l" * len(axes) + "r" * len(keys),
                     "Localization on the boxed split; best in bold.", "tab:cxrbench-localization")
+
+
+def _cross_dataset(rows: Sequence[LeaderboardRow], ci_style: str) -> str:
+    """Each cell scored on another dataset: AUROC with its interval, per class, and localization."""
+    with_localizer = any(r.localizer for r in rows)
+    axes = [a for a in ("backbone", "head", "seed") if a != "seed" or len({r.seed for r in rows}) > 1]
+    keys = ["auroc_mean", *per_class_auroc_keys(rows),
+            *[k for k in localization_keys(rows, compact=True) if k != "loc_ms_per_image"]]
+    header = [r"trained on $\rightarrow$ scored on", *[escape(a) for a in axes],
+              *(["localizer"] if with_localizer else []), *[escape(catalogue.label(k)) for k in keys]]
+    scores = 1 + len(per_class_auroc_keys(rows))  # AUROC and per class; localization after them
+    body = []
+    for r in rows:
+        source, _, target = r.dataset.partition(" -> ")
+        pair = rf"{escape(source)} $\rightarrow$ {escape(target)}"
+        if r.status != "ok":
+            values = ["failed"] + ["--"] * (len(keys) - 1)
+        else:  # per-class AUROC without intervals, as in the per-class table
+            values = [_cell(r, k, None, ci_style, with_ci=not k.startswith("auroc/")) for k in keys]
+            if r.localizer_status == "failed" and len(keys) > scores:
+                values[scores:] = ["failed"] + ["--"] * (len(keys) - scores - 1)
+        body.append([pair, *_axes_cells(r, axes), *([escape(r.localizer or "--")] if with_localizer else []),
+                     *values])
+    form = "$\\pm$ half-width of the" if ci_style == "pm" else "[low, high]: the"
+    caption = ("Cross-dataset evaluation: each model scored, without retraining, on another dataset's test "
+               f"split, on the classes both share; {form} {escape(ci_level(rows))} (patient-level bootstrap).")
+    return _tabular(header, body, (), "l" + "l" * len(axes) + ("l" if with_localizer else "") + "r" * len(keys),
+                    caption, "tab:cxrbench-cross-dataset")
