@@ -427,8 +427,8 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
 @click.option("--explain", is_flag=True, help="Also print what every column shown means, with its source.")
 @click.option("--by", "by", default=None, metavar="COVARIATE",
               help="Subgroups instead of the leaderboard: AUROC and localization per group of 'sex', 'view' or "
-                   "'age:40,60' (bins <40, 40-59, >=60) with patient-level bootstrap CIs and the best-worst gap "
-                   "(table, json or csv; docs/metrics.md, 'Subgroups').")
+                   "'age:40,60' (bins <40, 40-59, >=60), or their combinations ('sex+view'), with patient-level "
+                   "bootstrap CIs and the best-worst gap (table, json or csv; docs/metrics.md, 'Subgroups').")
 def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, ci_style: str,
                 group_by: str | None, over: str | None, sort_key: str | None, filters: tuple[str, ...],
                 top: int | None, significance: bool, test: str, baselines: bool, explain: bool,

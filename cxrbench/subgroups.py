@@ -1,8 +1,9 @@
 """Subgroup metrics: AUROC and localization per covariate group, with patient-level bootstrap CIs.
 
 ``cxrbench leaderboard --by sex`` (or ``view``, ``age:40,60``, any saved covariate) splits a
-cell's scored images by one covariate (:mod:`cxrbench.covariates`) and scores every group
-on the cell's own resamples:
+cell's scored images by one covariate (:mod:`cxrbench.covariates`), or by the combinations
+of up to three (``--by sex+age:40,60``: :class:`Intersection`), and scores every group on
+the cell's own resamples:
 
 * **Resamples.** The patients of the WHOLE scored split are drawn with replacement, exactly
   as the cell's own interval draws them (``cxrbench.metrics.bootstrap_counts`` with the
@@ -30,6 +31,7 @@ Intervals are percentile intervals (NaN-aware), as the cell's own.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -113,17 +115,92 @@ class Grouping:
         return labels.astype(object), order
 
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The covariates this grouping reads (one)."""
+        return (self.column,)
+
+    def assign_columns(self, values: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """:meth:`assign` on the one column of ``values`` (the interface :class:`Intersection` shares)."""
+        (only,) = values
+        return self.assign(only)
+
+
+@dataclasses.dataclass(frozen=True)
+class Intersection:
+    """``--by sex+view``: images grouped by every combination of several covariates.
+
+    A group is labelled by its parts' labels joined by ``" / "`` (``F / PA``), in the
+    parts' display orders (the first part varying slowest); combinations no image has are
+    left out. An image whose value is missing in ANY part is ``unknown`` (never in the gap).
+    Intersections get small fast: a combination with too few positives, negatives or pairs
+    is NaN by the same :data:`MIN_CLASS_COUNT` rule as any group.
+
+    Attributes:
+        parts: the groupings combined, two or more, each on its own covariate.
+
+    """
+
+    parts: tuple[Grouping, ...]
+
+    @property
+    def text(self) -> str:
+        return "+".join(p.text for p in self.parts)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(p.column for p in self.parts)
+
+    def assign_columns(self, values: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """Each image's combined label, and the combinations present in display order (``unknown`` last).
+
+        Raises:
+            ValueError: as :meth:`Grouping.assign`, for the part that does not fit its covariate.
+
+        """
+        assigned = [part.assign(v) for part, v in zip(self.parts, values, strict=True)]
+        n = len(assigned[0][0])
+        unknown = np.zeros(n, dtype=bool)
+        for labels, _ in assigned:
+            unknown |= labels == UNKNOWN
+        joined = np.asarray([" / ".join(str(labels[i]) for labels, _ in assigned) for i in range(n)], dtype=object)
+        out = np.where(unknown, UNKNOWN, joined).astype(object)
+        present = set(out[~unknown].tolist())
+        known_orders = [[g for g in order if g != UNKNOWN] for _, order in assigned]
+        order = [" / ".join(combo) for combo in itertools.product(*known_orders) if " / ".join(combo) in present]
+        if unknown.any():
+            order.append(UNKNOWN)
+        return out, order
+
+
+MAX_INTERSECTED = 3
+"""Most covariates one ``--by`` may intersect (``sex+view+age:40,60``): beyond that the groups
+are too small to score on any public chest X-ray test split."""
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def parse_by(text: str) -> Grouping:
-    """``sex`` / ``view`` / ``age:40,60`` -> a :class:`Grouping`.
+def parse_by(text: str) -> Grouping | Intersection:
+    """``sex`` / ``view`` / ``age:40,60`` -> a :class:`Grouping`; ``sex+age:40,60`` -> an :class:`Intersection`.
 
     Raises:
         ValueError: one line saying what is wrong with the value.
 
     """
+    if "+" not in text:
+        return _parse_one(text)
+    parts = tuple(_parse_one(piece) for piece in text.split("+"))
+    columns = [p.column for p in parts]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"--by {text!r}: each covariate may appear once (got {', '.join(columns)})")
+    if len(parts) > MAX_INTERSECTED:
+        raise ValueError(f"--by {text!r}: at most {MAX_INTERSECTED} covariates can be intersected")
+    return Intersection(parts)
+
+
+def _parse_one(text: str) -> Grouping:
     column, _, edges_text = text.strip().partition(":")
     column = column.strip()
     if not column.isidentifier():

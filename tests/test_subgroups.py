@@ -19,7 +19,15 @@ from cxrbench.covariates import covariate_frame, load_covariates, save_covariate
 from cxrbench.interfaces import DatasetContext, Split
 from cxrbench.locmetrics.bootstrap import bootstrap_max_accuracy, bootstrap_mean
 from cxrbench.metrics import bootstrap_counts, classification_metrics
-from cxrbench.subgroups import MIN_CLASS_COUNT, UNKNOWN, Grouping, parse_by, subgroup_auroc, subgroup_localization
+from cxrbench.subgroups import (
+    MIN_CLASS_COUNT,
+    UNKNOWN,
+    Grouping,
+    Intersection,
+    parse_by,
+    subgroup_auroc,
+    subgroup_localization,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -184,6 +192,27 @@ def test_numeric_without_edges_and_edges_on_text_are_refused():
         parse_by("sex:1,2").assign(np.asarray(["F", "M"]))
 
 
+def test_intersections_combine_labels_in_order_and_any_missing_part_is_unknown():
+    grouping = parse_by("sex+age:40")
+    assert grouping == Intersection((Grouping("sex"), Grouping("age", (40.0,))))
+    assert grouping.text == "sex+age:40" and grouping.columns == ("sex", "age")
+    sex = np.asarray(["M", "F", "F", "", "M", "F"])
+    age = np.asarray([30.0, 50.0, 20.0, 45.0, np.nan, 41.0])
+    groups, order = grouping.assign_columns([sex, age])
+    assert groups.tolist() == ["M / <40", "F / >=40", "F / <40", UNKNOWN, UNKNOWN, "F / >=40"]
+    # the first part varies slowest; a combination no image has ("M / >=40") is left out
+    assert order == ["F / <40", "F / >=40", "M / <40", UNKNOWN]
+    with pytest.raises(ValueError, match="holds text"):
+        parse_by("age:40+sex:1").assign_columns([age, sex])
+
+
+@pytest.mark.parametrize("text, message", [("sex+sex", "each covariate may appear once"),
+                                           ("sex+view+age:40+race", "at most 3"), ("sex+", "covariate name")])
+def test_bad_intersections_say_why(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_by(text)
+
+
 # --------------------------------------------------------------------------- the contract and the file
 
 
@@ -313,6 +342,16 @@ def test_toy_grid_then_leaderboard_by_sex(run_cli, tmp_path):
     assert csv.startswith("kind,cell_id") and ",40-59," in csv
     table = run_cli("leaderboard", "--results", results, "--by", "view")
     assert "Classification by view" in table.output and "gap" in table.output
+    both = json.loads(run_cli("leaderboard", "--results", results, "--by", "sex+view", "--format", "json").stdout)
+    combined = [r for r in both if r["kind"] == "subgroup" and r["localizer"] is None]
+    assert [r["group"] for r in combined] == ["F / AP", "F / PA", "M / AP", "M / PA"]
+    assert all(r["by"] == "sex+view" for r in both)
+    ap = np.asarray([int(i[3:]) % 3 == 0 for i in predictions["ids"]])  # the toy's view rule
+    chosen = female & ~ap
+    assert combined[1]["n_images"] == chosen.sum()
+    labels, scores = predictions["labels"][chosen, 0], predictions["scores"][chosen, 0]
+    assert min(labels.sum(), (1 - labels).sum()) >= MIN_CLASS_COUNT  # the toy's fixed data: scorable
+    assert combined[1]["metrics"]["auroc/Blob"] == pytest.approx(roc_auc_score(labels, scores))
     bad = run_cli("leaderboard", "--results", results, "--by", "age")
     assert bad.exit_code == 4 and "give bin edges" in bad.output and len(bad.output.strip().splitlines()) == 1
 

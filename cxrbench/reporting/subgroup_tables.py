@@ -26,7 +26,14 @@ from .. import catalogue
 from ..artifacts import CellArtifacts, load_predictions
 from ..covariates import SavedCovariates, load_covariates
 from ..records import json_safe
-from ..subgroups import LOCALIZATION_KEYS, Grouping, SubgroupScores, subgroup_auroc, subgroup_localization
+from ..subgroups import (
+    LOCALIZATION_KEYS,
+    Grouping,
+    Intersection,
+    SubgroupScores,
+    subgroup_auroc,
+    subgroup_localization,
+)
 from .columns import fmt
 from .rows import LeaderboardRow
 
@@ -105,7 +112,7 @@ class SubgroupReport:
 
     """
 
-    grouping: Grouping
+    grouping: Grouping | Intersection
     records: tuple[SubgroupRecord, ...]
     notes: tuple[str, ...]
 
@@ -125,7 +132,18 @@ def _values(saved: SavedCovariates, column: str, ids: np.ndarray) -> np.ndarray 
     return out
 
 
-def _records(row: LeaderboardRow, grouping: Grouping, split: str, scores: SubgroupScores,
+def _grouped(saved: SavedCovariates | None, grouping: Grouping | Intersection,
+             ids: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """Each id's group label and the groups in order, or None where a covariate is not saved."""
+    if saved is None:
+        return None
+    values = [_values(saved, column, ids) for column in grouping.columns]
+    if any(v is None for v in values):
+        return None
+    return grouping.assign_columns(values)
+
+
+def _records(row: LeaderboardRow, grouping: Grouping | Intersection, split: str, scores: SubgroupScores,
              localizer: str | None) -> list[SubgroupRecord]:
     base = dict(cell_id=row.cell_id, grid=row.grid, dataset=row.dataset, backbone=row.backbone, head=row.head,
                 seed=row.seed, localizer=localizer, by=grouping.text, split=split)
@@ -154,7 +172,8 @@ def _load_pairs(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path, grouping: Grouping) -> SubgroupReport:
+def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
+                    grouping: Grouping | Intersection) -> SubgroupReport:
     """Score every ok cell of ``rows`` (and its ok localizers) by ``grouping``.
 
     Args:
@@ -193,38 +212,39 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path, gr
         n_boot, seed, ci = _evaluation(row)
         test, predictions = saved.get("test"), load_predictions(artifacts.predictions)
         if test is not None and predictions is not None:
-            values = _values(test, grouping.column, predictions.ids)
-            if values is None:
+            grouped = _grouped(test, grouping, predictions.ids)
+            if grouped is None:
                 no_column.setdefault(", ".join(sorted(test.columns)) or "none", []).append(row.cell_id)
             else:
-                groups, order = grouping.assign(values)
+                groups, order = grouped
                 scores = subgroup_auroc(predictions.labels, predictions.scores, predictions.patient_ids, groups,
                                         order, predictions.classes, n_boot=n_boot, seed=seed, ci=ci)
                 records += _records(row, grouping, test.split, scores, None)
         located = saved.get("localization")
         for loc in (r for r in cells if r.cell_id == row.cell_id and r.localizer_status == "ok" and r.localizer_key):
             pairs = _load_pairs(artifacts.pair_scores(loc.localizer_key))
-            values = _values(located, grouping.column, pairs["ids"]) if located is not None and pairs else None
-            if values is None:
+            grouped = _grouped(located, grouping, pairs["ids"]) if pairs else None
+            if grouped is None:
                 no_loc.append(f"{row.cell_id}/{loc.localizer}")
                 continue
-            groups, order = grouping.assign(values)
+            groups, order = grouped
             scores = subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
                                            pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
                                            ci=ci)
             records += _records(row, grouping, located.split, scores, loc.localizer)
+    wanted = "' + '".join(grouping.columns)
     notes = []
     if no_file:
         notes.append(f"{len(no_file)} cell(s) without covariates (run before cxrbench saved them; --force retrains "
                      f"them): {', '.join(no_file)}")
     for have, ids in no_column.items():
-        notes.append(f"{len(ids)} cell(s) whose test split has no covariate '{grouping.column}' (it has: {have}): "
+        notes.append(f"{len(ids)} cell(s) whose test split has no covariate '{wanted}' (it has: {have}): "
                      f"{', '.join(ids)}")
     if scored:
         notes.append(f"{len(scored)} row(s) of maps scored by 'cxrbench score' have no covariates: {', '.join(scored)}")
     if no_loc:
         notes.append(f"{len(no_loc)} localizer(s) without per-pair scores or localization covariates with "
-                     f"'{grouping.column}': {', '.join(no_loc)}")
+                     f"'{wanted}': {', '.join(no_loc)}")
     return SubgroupReport(grouping, tuple(records), tuple(notes))
 
 
