@@ -428,7 +428,8 @@ def merge(results_dir: Path, sources: tuple[Path, ...]) -> None:
 @click.option("--by", "by", default=None, metavar="COVARIATE",
               help="Subgroups instead of the leaderboard: AUROC and localization per group of 'sex', 'view' or "
                    "'age:40,60' (bins <40, 40-59, >=60), or their combinations ('sex+view'), with patient-level "
-                   "bootstrap CIs and the best-worst gap (table, json or csv; docs/metrics.md, 'Subgroups').")
+                   "bootstrap CIs and the best-worst gap (table, json, csv, markdown or latex; docs/metrics.md, "
+                   "'Subgroups').")
 def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path | None, ci_style: str,
                 group_by: str | None, over: str | None, sort_key: str | None, filters: tuple[str, ...],
                 top: int | None, significance: bool, test: str, baselines: bool, explain: bool,
@@ -528,7 +529,7 @@ def _subgroups(rows: Any, results_dir: Path, by: str, fmt: str, output: Path | N
         return
     for note in report.notes:  # on stderr: the export on stdout stays machine-readable
         _warn(note)
-    text = export_subgroups(report, fmt)
+    text = export_subgroups(report, fmt, rows)
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(text)

@@ -352,6 +352,18 @@ def test_toy_grid_then_leaderboard_by_sex(run_cli, tmp_path):
     labels, scores = predictions["labels"][chosen, 0], predictions["scores"][chosen, 0]
     assert min(labels.sum(), (1 - labels).sum()) >= MIN_CLASS_COUNT  # the toy's fixed data: scorable
     assert combined[1]["metrics"]["auroc/Blob"] == pytest.approx(roc_auc_score(labels, scores))
+    markdown = run_cli("leaderboard", "--results", results, "--by", "sex", "--format", "markdown").stdout
+    lines = markdown.splitlines()
+    assert lines[0] == "**Classification by sex (test split)**" and "**Localization by sex" in markdown
+    female_row = next(line for line in lines if line.split(" | ")[4:5] == ["F"])
+    assert f"{f['auroc_mean']:.3f}" in female_row and f"{f['auroc_ci_low']:.3f}-{f['auroc_ci_high']:.3f}" in female_row
+    gap_row = next(line for line in lines if "| **gap** |" in line)
+    assert f"{gap['gap']:+.3f}" in gap_row
+    latex = run_cli("leaderboard", "--results", results, "--by", "sex", "--format", "latex").stdout
+    assert latex.count(r"\begin{table}") == 2 and "tab:cxrbench-subgroups-classification" in latex
+    assert r"\emph{gap}" in latex and f"[{gap['gap_ci_low']:+.3f}, {gap['gap_ci_high']:+.3f}]" in latex
+    html = run_cli("leaderboard", "--results", results, "--by", "sex", "--format", "html")
+    assert html.exit_code == 4 and "markdown or latex" not in html.output and "latex" in html.output
     bad = run_cli("leaderboard", "--results", results, "--by", "age")
     assert bad.exit_code == 4 and "give bin edges" in bad.output and len(bad.output.strip().splitlines()) == 1
 

@@ -37,7 +37,7 @@ from ..subgroups import (
 from .columns import fmt
 from .rows import LeaderboardRow
 
-SUBGROUP_FORMATS = ("table", "json", "csv")
+SUBGROUP_FORMATS = ("table", "json", "csv", "markdown", "latex")
 """The ``--format`` values ``--by`` supports."""
 
 
@@ -251,8 +251,14 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
 # --------------------------------------------------------------------------- output
 
 
-def export_subgroups(report: SubgroupReport, fmt_name: str) -> str:
-    """The records as ``json`` (a list) or ``csv`` (one row per record, metrics as columns)."""
+def export_subgroups(report: SubgroupReport, fmt_name: str, rows: Sequence[LeaderboardRow] = ()) -> str:
+    """The records as ``json`` (a list) or ``csv`` (one row per record, metrics as columns), or the
+    tables as ``markdown`` / ``latex`` (``rows``: the cells' leaderboard rows, for the CI level).
+    """
+    if fmt_name == "markdown":
+        return subgroups_markdown(report, rows)
+    if fmt_name == "latex":
+        return subgroups_latex(report, rows)
     records = [r.to_json() for r in report.records]
     if fmt_name == "json":
         return json.dumps(records, indent=2)
@@ -291,69 +297,155 @@ def _gap_text(record: SubgroupRecord) -> tuple[str, str]:
     return value, "-" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
 
 
-def classification_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+@dataclasses.dataclass(frozen=True)
+class SubgroupGrid:
+    """One subgroup table as plain text cells, drawn by the terminal, Markdown and LaTeX alike.
+
+    Attributes:
+        title: the table's title (``Classification by sex (test split)``).
+        header: column names.
+        numeric: per column, whether it is right-aligned.
+        rows: the cells' text; a gap row's group cell reads ``gap``.
+        gap_rows: indices of the gap rows (each closes a cell's block).
+        cells: per row, the full cell id.
+        kind: ``classification`` or ``localization``.
+
+    """
+
+    title: str
+    header: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    rows: tuple[tuple[str, ...], ...]
+    gap_rows: frozenset[int]
+    cells: tuple[str, ...]
+    kind: str
+
+
+def classification_subgroup_grid(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> SubgroupGrid | None:
     """Rows cell x group (then the cell's gap row): images, patients, mean AUROC with CI, per class."""
     records = [r for r in report.records if r.localizer is None]
     if not records:
         return None
     classes = list(dict.fromkeys(k.split("/", 1)[1] for r in records if r.kind == "subgroup" for k in r.metrics
                                  if k.startswith("auroc/")))
-    table = Table(title=f"Classification by {report.grouping.text} ({records[0].split} split)", title_justify="left",
-                  header_style="bold")
-    for col in ("dataset", "backbone", "head", "seed", "group", "images", "patients", catalogue.label("auroc_mean"),
-                _level(rows)):
-        table.add_column(col, justify="right" if col in ("seed", "images", "patients") else "left")
-    for name in classes:
-        table.add_column(name[:14], justify="right")
-    table.add_column("cell", style="dim", no_wrap=True)
-    previous = None
+    header = ("dataset", "backbone", "head", "seed", "group", "images", "patients", catalogue.label("auroc_mean"),
+              _level(rows), *classes)
+    numeric = tuple(c in ("seed", "images", "patients") or i >= 7 and i != 8 for i, c in enumerate(header))
+    body, gaps, previous = [], set(), None
     for r in records:
-        axes = [escape(r.dataset), escape(r.backbone), escape(r.head), str(r.seed)] if r.cell_id != previous \
-            else ["", "", "", ""]
+        axes = [r.dataset, r.backbone, r.head, str(r.seed)] if r.cell_id != previous else ["", "", "", ""]
         previous = r.cell_id
         if r.kind == "gap":
             value, ci = _gap_text(r)
-            table.add_row(*axes, "[bold]gap[/]", "", "", value, ci, *["" for _ in classes], r.cell_id[:12],
-                          end_section=True)
+            gaps.add(len(body))
+            body.append((*axes, "gap", "", "", value, ci, *["" for _ in classes]))
             continue
-        table.add_row(*axes, escape(r.group), str(r.n_images), str(r.n_patients), fmt(r.metrics.get("auroc_mean")),
-                      _ci(r.metrics, "auroc"), *[fmt(r.metrics.get(f"auroc/{c}")) for c in classes], r.cell_id[:12])
-    return table
+        body.append((*axes, r.group, str(r.n_images), str(r.n_patients), fmt(r.metrics.get("auroc_mean")),
+                     _ci(r.metrics, "auroc"), *[fmt(r.metrics.get(f"auroc/{c}")) for c in classes]))
+    return SubgroupGrid(f"Classification by {report.grouping.text} ({records[0].split} split)", header, numeric,
+                        tuple(body), frozenset(gaps), tuple(r.cell_id for r in records), "classification")
 
 
-def localization_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+def localization_subgroup_grid(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> SubgroupGrid | None:
     """Rows cell x localizer x group (then one gap row): pairs, MaxBoxAccV2, IoU, hit rate with CIs."""
     records = [r for r in report.records if r.localizer is not None]
     if not records:
         return None
-    table = Table(title=f"Localization by {report.grouping.text} ({records[0].split} split)", title_justify="left",
-                  header_style="bold")
-    for col in ("dataset", "backbone", "head", "seed", "localizer", "group", "images", "patients", "pairs"):
-        table.add_column(col, justify="right" if col in ("seed", "images", "patients", "pairs") else "left")
     level = _level(rows)
-    for key in LOCALIZATION_KEYS:
-        table.add_column(catalogue.label(key), justify="right")
-        table.add_column(level, justify="left")
-    table.add_column("cell", style="dim", no_wrap=True)
-    previous = None
+    header = ("dataset", "backbone", "head", "seed", "localizer", "group", "images", "patients", "pairs",
+              *[name for key in LOCALIZATION_KEYS for name in (catalogue.label(key), level)])
+    numeric = tuple(i in (3, 6, 7, 8) or (i > 8 and (i - 9) % 2 == 0) for i in range(len(header)))
+    body, gaps, cells, previous = [], set(), [], None
     for r in records:
         here = (r.cell_id, r.localizer)
-        axes = [escape(r.dataset), escape(r.backbone), escape(r.head), str(r.seed), escape(r.localizer or "")] \
-            if here != previous else ["", "", "", "", ""]
+        axes = [r.dataset, r.backbone, r.head, str(r.seed), r.localizer or ""] if here != previous \
+            else ["", "", "", "", ""]
         previous = here
         if r.kind == "gap":
-            gaps = {g.metric: g for g in records if g.kind == "gap" and (g.cell_id, g.localizer) == here}
-            if r is not next(iter(gaps.values())):
+            gap_records = {g.metric: g for g in records if g.kind == "gap" and (g.cell_id, g.localizer) == here}
+            if r is not next(iter(gap_records.values())):
                 continue  # one gap row per (cell, localizer), every metric's gap in its column
             values = [text for key in LOCALIZATION_KEYS
-                      for text in (_gap_text(gaps[key]) if key in gaps else ("-", "-"))]
-            table.add_row(*axes, "[bold]gap[/]", "", "", "", *values, r.cell_id[:12], end_section=True)
+                      for text in (_gap_text(gap_records[key]) if key in gap_records else ("-", "-"))]
+            gaps.add(len(body))
+            body.append((*axes, "gap", "", "", "", *values))
+            cells.append(r.cell_id)
             continue
         values = [text for key in LOCALIZATION_KEYS
                   for text in (fmt(r.metrics.get(key), catalogue.digits(key)), _ci(r.metrics, key))]
-        table.add_row(*axes, escape(r.group), str(r.n_images), str(r.n_patients), str(r.n_pairs), *values,
-                      r.cell_id[:12])
+        body.append((*axes, r.group, str(r.n_images), str(r.n_patients), str(r.n_pairs), *values))
+        cells.append(r.cell_id)
+    return SubgroupGrid(f"Localization by {report.grouping.text} ({records[0].split} split)", header, numeric,
+                        tuple(body), frozenset(gaps), tuple(cells), "localization")
+
+
+def _rich_table(grid: SubgroupGrid) -> Table:
+    table = Table(title=escape(grid.title), title_justify="left", header_style="bold")
+    for name, numeric in zip(grid.header, grid.numeric, strict=True):
+        table.add_column(escape(name[:14] if numeric and name not in ("seed", "images", "patients", "pairs")
+                                else name), justify="right" if numeric else "left")
+    table.add_column("cell", style="dim", no_wrap=True)
+    for i, (row, cell) in enumerate(zip(grid.rows, grid.cells, strict=True)):
+        texts = [("[bold]gap[/]" if i in grid.gap_rows and j == grid.header.index("group") else escape(text))
+                 for j, text in enumerate(row)]
+        table.add_row(*texts, cell[:12], end_section=i in grid.gap_rows)
     return table
+
+
+def classification_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+    """The classification subgroup grid as a terminal table."""
+    grid = classification_subgroup_grid(report, rows)
+    return None if grid is None else _rich_table(grid)
+
+
+def localization_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
+    """The localization subgroup grid as a terminal table."""
+    grid = localization_subgroup_grid(report, rows)
+    return None if grid is None else _rich_table(grid)
+
+
+def _grids(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> list[SubgroupGrid]:
+    return [g for g in (classification_subgroup_grid(report, rows), localization_subgroup_grid(report, rows))
+            if g is not None]
+
+
+def subgroups_markdown(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> str:
+    """The subgroup tables as GitHub-flavoured Markdown, a heading above each; gap rows in bold."""
+    out = []
+    for grid in _grids(report, rows):
+        header = [*grid.header, "cell"]
+        align = ["---:" if n else "---" for n in grid.numeric] + ["---"]
+        lines = [f"**{grid.title}**", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+        for i, (row, cell) in enumerate(zip(grid.rows, grid.cells, strict=True)):
+            texts = [f"**{t}**" if i in grid.gap_rows and t else t for t in row]
+            lines.append("| " + " | ".join(t.replace("|", "\\|") for t in [*texts, cell]) + " |")
+        out.append("\n".join(lines))
+    return ("\n\n".join(out) if out else f"_no subgroups by {report.grouping.text}_") + "\n"
+
+
+def subgroups_latex(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> str:
+    r"""The subgroup tables as booktabs LaTeX floats; each cell's block ends with its gap row and a rule."""
+    from .latex import escape as tex
+
+    out = [r"% cxrbench subgroups (needs \usepackage{booktabs})"]
+    for grid in _grids(report, rows):
+        align = "".join("r" if numeric else "l" for numeric in grid.numeric)
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex(grid.title)}; patient-level bootstrap "
+                 rf"intervals; gap: best minus worst group, paired bootstrap.}}",
+                 rf"\label{{tab:cxrbench-subgroups-{grid.kind}}}",
+                 rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(tex(h) for h in grid.header) + r" \\",
+                 r"\midrule"]
+        last = len(grid.rows) - 1
+        for i, row in enumerate(grid.rows):
+            texts = [rf"\emph{{{tex(t)}}}" if i in grid.gap_rows and t else tex(t) for t in row]
+            lines.append(" & ".join(texts) + r" \\")
+            if i in grid.gap_rows and i != last:
+                lines.append(r"\midrule")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        out.append("\n".join(lines))
+    if len(out) == 1:
+        out.append("% no subgroups")
+    return "\n\n".join(out) + "\n"
 
 
 def render_subgroups(console: Any, report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> None:
