@@ -893,6 +893,59 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
         sys.exit(EXIT_FAILED)
 
 
+@cli.command()
+@click.option("--grid", "grid_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Audit every pair of this grid's datasets and its evaluate_on: targets.")
+@results_option
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache directory (default: RESULTS/cache): perceptual hashes are read from it, or stored there.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPU count).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A table, or one JSON record per (dataset, target) pair.")
+def audit(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers: int | None, fmt: str) -> None:
+    """Before training: how many images of each evaluate_on target are training images of a grid dataset.
+
+    The same overlap audit 'run' applies when it scores a target (by a published name
+    mapping, else by perceptual hash; docs/metrics.md, "Overlap audit"): the matching
+    images, and the other images of their patients, are left out of that target's scores.
+    Nothing is trained or written but hashes into the cache.
+    """
+    import json
+
+    from .audit import audit_grid
+    from .config import load_grid
+
+    grid = load_grid(grid_file, STATE.registry)
+    if not grid.evaluate_on:
+        raise UsageError(f"{grid_file}: the grid has no evaluate_on: targets, so nothing is scored on another "
+                         "dataset (add evaluate_on: [{name: DATASET, options: {...}}])")
+
+    def started(text: str) -> None:
+        if fmt == "table" and err_console.is_terminal:
+            err_console.print(f"auditing {escape(text)}", style="dim", highlight=False)
+
+    pairs = audit_grid(grid, cache_dir or results_dir / "cache", workers=workers, warn=_warn, on_split=started)
+    if fmt == "json":
+        click.echo(json.dumps([p.to_json() for p in pairs], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Overlap audit of grid '{escape(grid.name)}' (trained on -> scored on)",
+                  title_justify="left", header_style="bold")
+    for col in ("trained on -> scored on", "split", "images", "training images", "their patients", "excluded",
+                "by"):
+        table.add_column(col, justify="right" if col in ("images", "training images", "their patients", "excluded")
+                         else "left")
+    for pair in pairs:
+        label = escape(f"{pair.source} -> {pair.target}")
+        if pair.skipped:
+            table.add_row(label, "-", "", "", "", "", escape(f"never scored: {pair.skipped}"))
+        for found in pair.splits:
+            table.add_row(label, found.split, f"{found.images:,}", f"{found.by_image:,}", f"{found.by_patient:,}",
+                          f"{found.count:,}" if found.count else "[green]0[/]", escape(found.evidence))
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -155,7 +155,7 @@ def plan_transfers(grid: Any, cells: Sequence[Cell], cache_root: str | None = No
         source, wanted = cell.dataset.label(), []
         localizers = cell_localizers(grid, cell)
         for target, classes, fingerprint in targets:
-            reason = _no_match_reason(sources[id(cell.dataset)], classes)
+            reason = no_match_reason(sources[id(cell.dataset)], classes)
             if reason is not None:
                 skipped.setdefault((source, target.label()), SkippedPair(source, target.label(), reason))
                 continue
@@ -165,7 +165,8 @@ def plan_transfers(grid: Any, cells: Sequence[Cell], cache_root: str | None = No
     return TransferPlan(by_cell=by_cell, skipped=tuple(skipped.values()))
 
 
-def _no_match_reason(source_classes: list[str], target_classes: list[str]) -> str | None:
+def no_match_reason(source_classes: list[str], target_classes: list[str]) -> str | None:
+    """Why a model of ``source_classes`` cannot be scored on ``target_classes`` (None: they share a class)."""
     try:
         matches = shared_classes(source_classes, target_classes)
     except ValueError as exc:
@@ -190,7 +191,7 @@ def skipped_pairs(grid: Any, cache_root: str | None = None) -> list[SkippedPair]
             except Exception:  # noqa: BLE001 - likewise
                 continue
             for label, target_classes in targets:
-                reason = _no_match_reason(classes, target_classes)
+                reason = no_match_reason(classes, target_classes)
                 if reason is not None:
                     out.append(SkippedPair(dataset.label(), label, reason))
     return out

@@ -193,6 +193,11 @@ class TransferAudit:
 
         return _memo(("hashes", self.source.fingerprint(), self.size, str(self.cache_root), HASH_METHOD), compute)
 
+    def by_mapping(self, split_name: str) -> bool:
+        """Whether :meth:`check` compares this target split by names (no images decoded) or by hashes."""
+        keys = dataset_keys(self.target, split_name)
+        return keys is not None and self._source_keys(keys.namespace) is not None
+
     def check(self, split_name: str, data: Any) -> SplitOverlap:
         """Audit a loaded target split (a :class:`cxrbench.data.PreparedSplit`, possibly capped)."""
         ids = list(data.split.ids)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from cxrbench_rsna import RsnaPneumonia
 from cxrbench_rsna.mapping import MAPPING_FILE, nih_patient, read_mapping
 from sklearn.metrics import roc_auc_score
@@ -394,3 +395,55 @@ def test_nih_names_its_images_and_patients():
     split = dataset.split("test")
     assert keys.namespace == "nih" and keys.images == tuple(split.ids) and len(keys.images) > 0
     assert all(nih_patient(name) == patient for name, patient in zip(keys.images, keys.patients, strict=True))
+
+
+def test_audit_gives_the_runs_counts_before_anything_trains(pm, registry, tmp_path):
+    target = {"name": "toy_copies", "options": {"num_images": 64, "image_size": 32, "seed": 3, "copies": 5}}
+    unrelated = {"name": "toy_named", "label": "named", "options": {"num_images": 32, "image_size": 32,
+                                                                       "classes": ["Effusion"]}}
+    path, results = tmp_path / "g.yaml", tmp_path / "r"
+    path.write_text(yaml.safe_dump(copy.deepcopy(BASE) | {"evaluate_on": [target, unrelated]}))
+    with cli_with(pm) as invoke:
+        out = invoke("audit", "--grid", path, "--results", results, "--format", "json")
+        assert out.exit_code == 0, out.output
+        table = invoke("audit", "--grid", path, "--results", results)
+    copies, named = json.loads(out.output)
+    assert (copies["source"], copies["target"], copies["skipped"]) == ("toy", "toy_copies", None)
+    # the counts test_copies_of_training_images_are_excluded_from_the_transfer finds in the run
+    assert [(s["split"], s["images"], s["by_image"], s["by_patient"], s["excluded"]) for s in copies["splits"]] == \
+        [("test", 16, 5, 1, 6), ("boxes", 16, 5, 1, 6)]
+    assert named["splits"] == [] and "no class in common" in named["skipped"]
+    assert not (results / "cxrbench.sqlite").exists()  # nothing trained, nothing recorded
+    assert "toy -> toy_copies" in table.output and "never scored" in table.output
+
+
+def test_audit_by_a_published_mapping_decodes_nothing(pm, registry, tmp_path):
+    import cxrbench_rsna
+
+    pm.register(cxrbench_rsna, "rsna")
+    root = tmp_path / "rsna"
+    write_rsna(root)
+    test_ids = RsnaPneumonia(RsnaPneumonia.Options(root=str(root)), DatasetContext()).split("test").ids
+    source = NamedToy(NamedOptions(**SOURCE_OPTIONS), DatasetContext())
+    train_row = int(source._splits["train"][0])
+    (root / MAPPING_FILE).write_text(json.dumps([{"subset_img_id": test_ids[0], "img_id": f"{train_row:08d}_000.png"}]))
+    grid = copy.deepcopy(BASE) | {"datasets": [{"name": "toy_named", "options": SOURCE_OPTIONS}],
+                                  "evaluate_on": [{"name": "rsna_pneumonia", "options": {"root": str(root)}}]}
+    path, results = tmp_path / "g.yaml", tmp_path / "r"
+    path.write_text(yaml.safe_dump(grid))
+    with cli_with(pm) as invoke:
+        out = invoke("audit", "--grid", path, "--results", results, "--format", "json")
+    assert out.exit_code == 0, out.output
+    (pair,) = json.loads(out.output)
+    on_test = pair["splits"][0]
+    assert (on_test["split"], on_test["method"], on_test["by_image"]) == ("test", "mapping", 1)
+    assert not (results / "cache").exists()  # names compared: no image decoded, no cache written
+
+
+def test_audit_without_targets_is_one_line(pm, tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(BASE)))
+    with cli_with(pm) as invoke:
+        out = invoke("audit", "--grid", path, "--results", tmp_path / "r")
+    assert out.exit_code == 4 and len(out.output.strip().splitlines()) == 1
+    assert "has no evaluate_on: targets" in out.output
