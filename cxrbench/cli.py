@@ -864,14 +864,18 @@ def _plain_text(docstring_text: str) -> str:
 
 # --------------------------------------------------------------------------- data
 
+cache_option = click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                            help="Cache directory (default: RESULTS/cache; perceptual hashes are stored there too).")
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=None,
+                              help="Decoding threads (default: CPU count).")
+
 
 @cli.command()
 @click.option("--grid", "grid_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Prepare every dataset of this grid at the grid's input size.")
 @results_option
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache directory (default: RESULTS/cache).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPU count).")
+@cache_option
+@workers_option
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable; default: all).")
 @click.option("--verify", is_flag=True,
               help="First hash every table and image in full (SHA-256) and compare with the last --verify: a "
@@ -897,16 +901,15 @@ def prepare(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers:
 @click.option("--grid", "grid_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Audit every pair of this grid's datasets and its evaluate_on: targets.")
 @results_option
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache directory (default: RESULTS/cache): perceptual hashes are read from it, or stored there.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: CPU count).")
+@cache_option
+@workers_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="A table, or one JSON record per (dataset, target) pair.")
 def audit(grid_file: Path, results_dir: Path, cache_dir: Path | None, workers: int | None, fmt: str) -> None:
     """Before training: how many images of each evaluate_on target are training images of a grid dataset.
 
     The same overlap audit 'run' applies when it scores a target (by a published name
-    mapping, else by perceptual hash; docs/metrics.md, "Overlap audit"): the matching
+    mapping, else by perceptual hash; docs/metrics.md, "Cross-dataset evaluation"): the matching
     images, and the other images of their patients, are left out of that target's scores.
     Nothing is trained or written but hashes into the cache.
     """
