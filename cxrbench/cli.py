@@ -653,12 +653,21 @@ def reporting_rows(store: Any, grid_name: str) -> Any:
               help="The grid to report on (its name in the store; may be left out when the store holds one grid).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True, help="The HTML file to write.")
-def report(results_dir: Path, grid_name: str | None, out: Path) -> None:
+@click.option("--by", "by", multiple=True, metavar="COVARIATE",
+              help="Add a Subgroups section split by this covariate, as 'leaderboard --by' (repeatable: "
+                   "--by sex --by age:40,60 --by sex+view).")
+def report(results_dir: Path, grid_name: str | None, out: Path, by: tuple[str, ...]) -> None:
     """Write ONE self-contained HTML report: leaderboards, ROC curves, heatmap gallery.
 
     Opens without a network connection (images are inlined).
     """
     from .reporting.html import build_report
+    from .subgroups import parse_by
+
+    try:
+        groupings = [parse_by(text) for text in by]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     with _open_results(results_dir) as store:
         grids = store.grids()
@@ -670,7 +679,10 @@ def report(results_dir: Path, grid_name: str | None, out: Path) -> None:
         if grid_name not in grids:
             known = ", ".join(grids) or "none"
             raise UsageError(f"no grid named {grid_name!r} in {results_dir} (grids: {known})")
-        text = build_report(store, STATE.registry, grid_name)
+        try:
+            text = build_report(store, STATE.registry, grid_name, by=groupings)
+        except ValueError as exc:  # a grouping that does not fit its covariate (numeric without edges, ...)
+            raise UsageError(str(exc)) from None
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)

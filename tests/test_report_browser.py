@@ -27,6 +27,7 @@ from cxrbench.records import LocalizerResult
 from cxrbench.registry import Registry
 from cxrbench.reporting.html import build_report
 from cxrbench.store import ResultsStore
+from cxrbench.subgroups import parse_by
 from tests.chromium import Browser, find_chromium
 from tests.conftest import TINY_GRID, builtin_plugins
 
@@ -101,7 +102,7 @@ def report(tmp_path_factory):
                            for loc in cell.localizations)
             store.write_result("tiny", cell.replace(localizations=failed), replace_localizations=True)
             metrics[cell.axes.seed] = dict(cell.metrics)
-        text = build_report(store, registry, "tiny")
+        text = build_report(store, registry, "tiny", by=[parse_by("sex"), parse_by("sex+view")])
     path = folder / "report.html"
     path.write_text(text, encoding="utf-8")
     return path, metrics
@@ -170,6 +171,13 @@ def test_cross_dataset_rows_have_their_own_table(page, report):
     assert len({r[3]["text"] for r in rows}) == 2  # both seeds
     assert "toy-b" not in page.evaluate("document.getElementById('localization').innerText")
     assert "toy-b" not in page.evaluate("document.getElementById('classification').innerText")
+
+
+def test_subgroup_tables_are_drawn_in_the_window(page):
+    rows = page.evaluate(f"{ROWS}('subgroups-classification-sex')")
+    groups = [r[4]["text"] for r in rows if r[4]["text"] != "gap"]  # (a gap where both groups can be scored)
+    assert groups == ["F", "M", "F", "M"]  # two seeds
+    assert page.evaluate("document.getElementById('subgroups-localization-sex_view') !== null")
 
 
 def test_failed_localizer_shows_failed_and_its_reason(page):

@@ -364,6 +364,16 @@ def test_toy_grid_then_leaderboard_by_sex(run_cli, tmp_path):
     assert r"\emph{gap}" in latex and f"[{gap['gap_ci_low']:+.3f}, {gap['gap_ci_high']:+.3f}]" in latex
     html = run_cli("leaderboard", "--results", results, "--by", "sex", "--format", "html")
     assert html.exit_code == 4 and "markdown or latex" not in html.output and "latex" in html.output
+    page = tmp_path / "report.html"
+    assert run_cli("report", "--results", results, "--by", "sex", "--by", "sex+view", "--out", page).exit_code == 0
+    section = page.read_text(encoding="utf-8").split("<section id='subgroups'>", 1)[1].split("</section>", 1)[0]
+    assert "Classification by sex (test split)" in section and "Localization by sex+view (boxes split)" in section
+    female_html = next(tr for tr in section.split("<tr>") if "<td class='text'>F</td>" in tr)
+    assert f"{f['auroc_mean']:.3f}" in female_html
+    assert f"{f['auroc_ci_low']:.3f}-{f['auroc_ci_high']:.3f}" in female_html
+    assert f"<b>{gap['gap']:+.3f}" in section
+    refused = run_cli("report", "--results", results, "--by", "age", "--out", tmp_path / "no.html")
+    assert refused.exit_code == 4 and "give bin edges" in refused.output and not (tmp_path / "no.html").exists()
     bad = run_cli("leaderboard", "--results", results, "--by", "age")
     assert bad.exit_code == 4 and "give bin edges" in bad.output and len(bad.output.strip().splitlines()) == 1
 

@@ -725,8 +725,42 @@ def _failures_section(cells: Sequence[Any]) -> str:
             f"{table(columns, body, table_id='failures-table')}</section>")
 
 
+def _subgroup_section(rows: Sequence[LeaderboardRow], root: Path, groupings: Sequence[Any]) -> str:
+    """``report --by``: per cell, each group's AUROC and localization with intervals, and the best-worst gap."""
+    from .rows import ranked
+    from .subgroup_tables import subgroup_grids, subgroup_report
+
+    if not groupings:
+        return ""
+    leaderboard = ranked([r for r in rows if r.kind == "cell"])
+    parts = ["<section id='subgroups'><h2>Subgroups</h2>",
+             "<p class='note'>each cell's scored images split by a covariate: AUROC on the test split and "
+             "localization on the boxed split per group, with intervals from the cell's own patient resamples; "
+             "gap: the best minus the worst known group, with its paired-bootstrap interval; a class with fewer "
+             "than 5 positives or negatives in a group is '-' (docs/metrics.md, 'Subgroups').</p>"]
+    for grouping in groupings:
+        report = subgroup_report(leaderboard, root, grouping)
+        grids = subgroup_grids(report, leaderboard)
+        if not grids:
+            parts.append(f"<h3>By {esc(grouping.text)}</h3><p class='note'>no cell could be split by it</p>")
+        for grid in grids:
+            columns = [Column(h, text=not numeric) for h, numeric in zip(grid.header, grid.numeric, strict=True)]
+            columns.append(Column("cell", text=True))
+            body = []
+            for i, (cells, cell_id) in enumerate(zip(grid.rows, grid.cells, strict=True)):
+                gap = i in grid.gap_rows
+                body.append([Cell(f"<b>{esc(t)}</b>" if gap and t else esc(t), css="" if numeric else "text")
+                             for t, numeric in zip(cells, grid.numeric, strict=True)]
+                            + [text_cell(cell_id, css="text muted")])
+            ident = f"subgroups-{grid.kind}-{re.sub(r'[^A-Za-z0-9_-]', '_', grouping.text)}"
+            parts += [f"<h3>{esc(grid.title)}</h3>", table(columns, body, table_id=ident)]
+        parts += [f"<p class='note'>{esc(note)}</p>" for note in report.notes]
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = TOP_CONFIGURATIONS,
-                 gallery_images: int = 3) -> str:
+                 gallery_images: int = 3, by: Sequence[Any] = ()) -> str:
     """The report's HTML text for one grid.
 
     Args:
@@ -735,6 +769,7 @@ def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = 
         grid_name: the grid.
         roc_cells: cells compared in each class's ROC figure.
         gallery_images: boxed images drawn in the gallery.
+        by: subgroup groupings (:func:`cxrbench.subgroups.parse_by`) for a Subgroups section.
 
     """
     stored = store.cells(grid_name)
@@ -751,6 +786,7 @@ def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = 
         _classification_section(rows, cls_groups, store.root),
         _localization_section(loc_groups, rows),
         _transfer_section(stored),
+        _subgroup_section(rows, store.root, by),
         _tradeoff_section(cls_groups, loc_groups),
         _training_section(cls_groups),
         _roc_section(store, ranked, roc_cells),

@@ -404,7 +404,8 @@ def localization_subgroup_table(report: SubgroupReport, rows: Sequence[Leaderboa
     return None if grid is None else _rich_table(grid)
 
 
-def _grids(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> list[SubgroupGrid]:
+def subgroup_grids(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> list[SubgroupGrid]:
+    """The classification and localization grids the report has (none, one or both)."""
     return [g for g in (classification_subgroup_grid(report, rows), localization_subgroup_grid(report, rows))
             if g is not None]
 
@@ -412,7 +413,7 @@ def _grids(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> list[Subgr
 def subgroups_markdown(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> str:
     """The subgroup tables as GitHub-flavoured Markdown, a heading above each; gap rows in bold."""
     out = []
-    for grid in _grids(report, rows):
+    for grid in subgroup_grids(report, rows):
         header = [*grid.header, "cell"]
         align = ["---:" if n else "---" for n in grid.numeric] + ["---"]
         lines = [f"**{grid.title}**", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
@@ -428,7 +429,7 @@ def subgroups_latex(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> s
     from .latex import escape as tex
 
     out = [r"% cxrbench subgroups (needs \usepackage{booktabs})"]
-    for grid in _grids(report, rows):
+    for grid in subgroup_grids(report, rows):
         align = "".join("r" if numeric else "l" for numeric in grid.numeric)
         lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex(grid.title)}; patient-level bootstrap "
                  rf"intervals; gap: best minus worst group, paired bootstrap.}}",
