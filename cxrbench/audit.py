@@ -82,7 +82,7 @@ def audit_grid(grid: Any, cache_root: Path | None, *, workers: int | None = None
         UsageError: a dataset or target cannot be opened (one line naming its YAML path).
 
     """
-    from .crosseval import no_match_reason
+    from .crosseval import no_match_reason, no_test_reason
     from .data import load_split
     from .pipeline import input_size, open_dataset, shared_datasets
 
@@ -102,7 +102,8 @@ def audit_grid(grid: Any, cache_root: Path | None, *, workers: int | None = None
             size = input_size(grid.train, source)
             for target_spec, target in targets:
                 pair = (source_spec.label(), target_spec.label())
-                reason = no_match_reason(list(source.classes), list(target.classes))
+                reason = no_test_reason(target, target_spec) or no_match_reason(list(source.classes),
+                                                                                list(target.classes))
                 if reason is not None:
                     out.append(PairAudit(*pair, skipped=reason))
                     continue

@@ -136,9 +136,14 @@ def plan_transfers(grid: Any, cells: Sequence[Cell], cache_root: str | None = No
         return TransferPlan()
     say = warn or (lambda message: None)
     targets = []
+    empty: list[tuple[ComponentSpec, str]] = []
     for target in grid.evaluate_on:
         try:
             dataset = open_dataset(target, cache_root, say)
+            reason = no_test_reason(dataset, target)
+            if reason is not None:
+                empty.append((target, reason))
+                continue
             targets.append((target, list(dataset.classes), dataset.fingerprint()))
         except UsageError as exc:
             raise UsageError(f"{target.path}: {exc}") from None
@@ -154,6 +159,8 @@ def plan_transfers(grid: Any, cells: Sequence[Cell], cache_root: str | None = No
                 raise UsageError(f"{cell.dataset.path}: {exc}") from None
         source, wanted = cell.dataset.label(), []
         localizers = cell_localizers(grid, cell)
+        for target, reason in empty:
+            skipped.setdefault((source, target.label()), SkippedPair(source, target.label(), reason))
         for target, classes, fingerprint in targets:
             reason = no_match_reason(sources[id(cell.dataset)], classes)
             if reason is not None:
@@ -163,6 +170,20 @@ def plan_transfers(grid: Any, cells: Sequence[Cell], cache_root: str | None = No
             wanted.append(TransferTask(key=key, target=target, source=source, localizers=localizers))
         by_cell[cell.cell_id] = tuple(wanted)
     return TransferPlan(by_cell=by_cell, skipped=tuple(skipped.values()))
+
+
+def no_test_reason(dataset: Any, target: ComponentSpec) -> str | None:
+    """Why a target has nothing to score (no test split, or an empty one), else None.
+
+    Such a target is skipped with one warning line, as a target sharing no class is, rather
+    than failed on every cell at every run: typically a partial download (CheXpert's
+    ``valid`` images missing), which the dataset's own warning names.
+    """
+    if "test" not in dataset.split_names:
+        return f"dataset '{target.name}' has no test split (splits: {', '.join(dataset.split_names)})"
+    if not len(dataset.split("test")):
+        return f"the test split of '{target.label()}' is empty: nothing to score"
+    return None
 
 
 def no_match_reason(source_classes: list[str], target_classes: list[str]) -> str | None:
@@ -182,7 +203,8 @@ def skipped_pairs(grid: Any, cache_root: str | None = None) -> list[SkippedPair]
     out: list[SkippedPair] = []
     with shared_datasets():
         try:
-            targets = [(t.label(), list(open_dataset(t, cache_root).classes)) for t in grid.evaluate_on]
+            opened = [(t, open_dataset(t, cache_root)) for t in grid.evaluate_on]
+            targets = [(t.label(), list(d.classes), no_test_reason(d, t)) for t, d in opened]
         except Exception:  # noqa: BLE001 - validate checks the file; run reports a target it cannot open
             return out
         for dataset in grid.datasets:
@@ -190,8 +212,8 @@ def skipped_pairs(grid: Any, cache_root: str | None = None) -> list[SkippedPair]
                 classes = list(open_dataset(dataset, cache_root).classes)
             except Exception:  # noqa: BLE001 - likewise
                 continue
-            for label, target_classes in targets:
-                reason = no_match_reason(classes, target_classes)
+            for label, target_classes, empty in targets:
+                reason = empty or no_match_reason(classes, target_classes)
                 if reason is not None:
                     out.append(SkippedPair(dataset.label(), label, reason))
     return out

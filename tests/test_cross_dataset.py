@@ -61,10 +61,20 @@ class MergedToy(ToyDataset):
                      boxes=boxes, image_sizes=s.image_sizes)
 
 
+class EmptyTestToy(ToyDataset):
+    """A target whose test images are all missing (a partial download)."""
+
+    NAME = "toy_no_test"
+
+    def split(self, name):
+        s = super().split(name)
+        return s.subset(np.zeros(0, dtype=int)) if name == "test" else s
+
+
 class TargetsPlugin:
     @cxrbench.hookimpl
     def cxrbench_register_datasets(self):
-        return [RenamedToy, MergedToy]
+        return [RenamedToy, MergedToy, EmptyTestToy]
 
 
 @pytest.fixture
@@ -289,6 +299,26 @@ def test_no_shared_class_is_a_warning_and_the_pair_is_skipped(pm, registry, tmp_
     with ResultsStore(tmp_path / "r") as store:
         run_grid(parse_grid(grid_dict(unrelated), registry), pm, store)
         assert store.cells("xds")[0].transfers == ()
+
+
+def test_a_target_with_an_empty_test_split_is_a_warning_and_the_pair_is_skipped(pm, registry, tmp_path):
+    # before: a failed row on every cell at every run ("empty test split"), exit 1, while the
+    # dataset's own warning already said its images were missing
+    empty = {"name": "toy_no_test", "options": {"num_images": 32, "image_size": 32}}
+    path, results = tmp_path / "g.yaml", tmp_path / "r"
+    path.write_text(yaml.safe_dump(grid_dict(RENAMED, empty)))
+    with cli_with(pm) as invoke:
+        checked = invoke("validate", path)
+        assert checked.exit_code == 0
+        assert "toy -> toy_no_test: the test split of 'toy_no_test' is empty" in " ".join(checked.output.split())
+        ran = invoke("run", "--grid", path, "--results", results, "--no-progress")
+        assert ran.exit_code == 0, ran.output
+        assert "the test split of 'toy_no_test' is empty: nothing to score; the pair is not evaluated" in \
+            " ".join(ran.output.split())
+        audit = json.loads(invoke("audit", "--grid", path, "--results", results, "--format", "json").output)
+    with ResultsStore(results, readonly=True) as store:
+        assert [t.target for t in store.cells("xds")[0].transfers] == ["toy_renamed"]
+    assert [(a["target"], a["skipped"] is None) for a in audit] == [("toy_renamed", True), ("toy_no_test", False)]
 
 
 def test_unknown_target_is_a_config_error(registry):
