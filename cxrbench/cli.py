@@ -156,10 +156,21 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("grid_file", type=click.Path(dir_okay=False, path_type=Path))
-def validate(grid_file: Path) -> None:
-    """Check a grid file: YAML, component names, every option. Nothing runs."""
+@click.argument("grid_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", "grid_option", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The grid file, as 'run --grid' takes it (or give it as the argument).")
+def validate(grid_file: Path | None, grid_option: Path | None) -> None:
+    """Check a grid file: YAML, component names, every option. Nothing runs.
+
+    'cxrbench validate grid.yaml' and 'cxrbench validate --grid grid.yaml' are the same.
+    """
     from .config import load_grid
+
+    if grid_file is not None and grid_option is not None and grid_file != grid_option:
+        raise UsageError(f"two grid files given ({grid_file} and --grid {grid_option}): give one")
+    grid_file = grid_file or grid_option
+    if grid_file is None:
+        raise UsageError("give the grid file to check: cxrbench validate GRID_FILE (or --grid GRID_FILE)")
 
     grid = load_grid(grid_file, STATE.registry)
     n_cells = _count_cells(grid)

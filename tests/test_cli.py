@@ -30,6 +30,13 @@ def test_validate_ok_and_errors(run_cli, grid_file, tmp_path):
     assert result.exit_code == 4
     assert "backbones[1]: unknown backbone 'densnet121'; did you mean 'densenet121'?" in result.output
     assert "Traceback" not in result.output
+    # the --grid spelling of run / prepare / audit works too; none, or two different files, is one line
+    assert run_cli("validate", "--grid", grid_file).output == run_cli("validate", grid_file).output
+    for args, message in ((("validate",), "give the grid file to check"),
+                          (("validate", grid_file, "--grid", bad), "two grid files given")):
+        refused = run_cli(*args)
+        assert refused.exit_code == 4 and message in refused.output
+        assert len(refused.output.strip().splitlines()) == 1
 
 
 def test_usage_errors_exit_4(run_cli, tmp_path):
