@@ -342,6 +342,10 @@ def test_toy_grid_then_leaderboard_by_sex(run_cli, tmp_path):
     assert csv.startswith("kind,cell_id") and ",40-59," in csv
     table = run_cli("leaderboard", "--results", results, "--by", "view")
     assert "Classification by view" in table.output and "gap" in table.output
+    flat = " ".join(table.output.split())
+    # one cell: its axes and id in the titles, the per-class AUROCs in a table of their own
+    assert f"Classification by view (test split): toy / tiny / avg / seed 0 (cell {cell_id[:12]})" in flat
+    assert "Per-class AUROC by view (test split)" in flat
     both = json.loads(run_cli("leaderboard", "--results", results, "--by", "sex+view", "--format", "json").stdout)
     combined = [r for r in both if r["kind"] == "subgroup" and r["localizer"] is None]
     assert [r["group"] for r in combined] == ["F / AP", "F / PA", "M / AP", "M / PA"]

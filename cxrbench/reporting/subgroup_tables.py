@@ -379,21 +379,80 @@ def localization_subgroup_grid(report: SubgroupReport, rows: Sequence[Leaderboar
                         tuple(body), frozenset(gaps), tuple(cells), "localization")
 
 
+AXIS_COLUMNS = ("dataset", "backbone", "head", "seed", "localizer")
+
+
+def _without_constant_axes(grid: SubgroupGrid) -> SubgroupGrid:
+    """For the terminal: axis columns with one value throughout move into the title (width for the figures)."""
+    constant = []
+    for name in AXIS_COLUMNS:
+        if name not in grid.header:
+            continue
+        j = grid.header.index(name)
+        values = {row[j] for row in grid.rows if row[j]}
+        if len(values) == 1:
+            constant.append((j, f"{name} {values.pop()}" if name == "seed" else values.pop()))
+    if not constant:
+        return grid
+    drop = {j for j, _ in constant}
+    keep = [j for j in range(len(grid.header)) if j not in drop]
+    return _columns(grid, keep, f"{grid.title}: {' / '.join(text for _, text in constant)}")
+
+
 def _rich_table(grid: SubgroupGrid) -> Table:
+    grid = _without_constant_axes(grid)
     table = Table(title=escape(grid.title), title_justify="left", header_style="bold")
     for name, numeric in zip(grid.header, grid.numeric, strict=True):
+        # group labels ("F / 40-59") and the gap's text stay on one line; the figures are short
         table.add_column(escape(name[:14] if numeric and name not in ("seed", "images", "patients", "pairs")
-                                else name), justify="right" if numeric else "left")
-    table.add_column("cell", style="dim", no_wrap=True)
+                                else name), justify="right" if numeric else "left",
+                         no_wrap=name in ("group", catalogue.label("auroc_mean")),
+                         min_width=11 if name.endswith("CI") else None)  # "0.020-0.061" whole
+    one_cell = len(set(grid.cells)) == 1
+    if one_cell:  # named in the title instead
+        table.title = escape(f"{grid.title} (cell {grid.cells[0][:12]})")
+    else:
+        table.add_column("cell", style="dim", no_wrap=True)
     for i, (row, cell) in enumerate(zip(grid.rows, grid.cells, strict=True)):
         texts = [("[bold]gap[/]" if i in grid.gap_rows and j == grid.header.index("group") else escape(text))
                  for j, text in enumerate(row)]
-        table.add_row(*texts, cell[:12], end_section=i in grid.gap_rows)
+        table.add_row(*texts, *([] if one_cell else [cell[:12]]), end_section=i in grid.gap_rows)
     return table
 
 
+def _columns(grid: SubgroupGrid, keep: Sequence[int], title: str) -> SubgroupGrid:
+    """The grid with only the columns ``keep`` (rows keep their order and gap marks)."""
+    return dataclasses.replace(grid, title=title, header=tuple(grid.header[i] for i in keep),
+                               numeric=tuple(grid.numeric[i] for i in keep),
+                               rows=tuple(tuple(row[i] for i in keep) for row in grid.rows))
+
+
+CLASSIFICATION_SUMMARY_COLUMNS = 9
+"""dataset, backbone, head, seed, group, images, patients, mean AUROC, its interval: the
+terminal's first classification table; the per-class AUROCs follow in a second one, as in
+the leaderboard (eight NIH classes beside intervals do not fit 120 columns)."""
+
+
+def classification_subgroup_tables(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> list[Table]:
+    """The classification subgroup grid as terminal tables: the mean AUROC, then per class."""
+    grid = classification_subgroup_grid(report, rows)
+    if grid is None:
+        return []
+    n = CLASSIFICATION_SUMMARY_COLUMNS
+    tables = [_rich_table(_columns(grid, range(n), grid.title))]
+    if len(grid.header) > n:
+        per_class = _columns(grid, [*range(5), *range(n, len(grid.header))],
+                             f"Per-class AUROC {grid.title.split(' ', 1)[1]}")
+        # the gap is of the mean AUROC: its rows would be empty here
+        kept = [i for i in range(len(per_class.rows)) if i not in per_class.gap_rows]
+        per_class = dataclasses.replace(per_class, rows=tuple(per_class.rows[i] for i in kept),
+                                        cells=tuple(per_class.cells[i] for i in kept), gap_rows=frozenset())
+        tables.append(_rich_table(per_class))
+    return tables
+
+
 def classification_subgroup_table(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> Table | None:
-    """The classification subgroup grid as a terminal table."""
+    """The classification subgroup grid as ONE terminal table (every column)."""
     grid = classification_subgroup_grid(report, rows)
     return None if grid is None else _rich_table(grid)
 
@@ -451,8 +510,8 @@ def subgroups_latex(report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> s
 
 def render_subgroups(console: Any, report: SubgroupReport, rows: Sequence[LeaderboardRow]) -> None:
     """Print the classification and localization subgroup tables and the notes."""
-    tables = [t for t in (classification_subgroup_table(report, rows), localization_subgroup_table(report, rows))
-              if t is not None]
+    located = localization_subgroup_table(report, rows)
+    tables = [*classification_subgroup_tables(report, rows), *([located] if located is not None else [])]
     for table in tables:
         console.print(table)
     if not tables:
