@@ -7,6 +7,7 @@ no traceback).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sqlite3
@@ -742,8 +743,13 @@ def heatmap(results_dir: Path, cell_id: str, localizers: tuple[str, ...], images
 @cli.command()
 @results_option
 @click.argument("cell_id")
-def show(results_dir: Path, cell_id: str) -> None:
-    """Show one cell's record: config, metrics, and the traceback if it failed."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole record (config, metrics, info, provenance, localizers, transfers) as JSON.")
+def show(results_dir: Path, cell_id: str, as_json: bool) -> None:
+    """Show one cell: its configuration, training history, metrics per class, localizers and failures.
+
+    CELL_ID may be any unique prefix of the id. --json prints the record as stored.
+    """
     import json
 
     from .records import json_safe
@@ -751,13 +757,22 @@ def show(results_dir: Path, cell_id: str) -> None:
     with _open_results(results_dir) as store:
         cell = store.cell(store.resolve(cell_id))
     assert cell is not None
+    if as_json:
+        record = {"cell_id": cell.cell_id, "status": cell.status, "error": cell.error, "config": cell.config,
+                  "metrics": cell.metrics, "info": cell.info, "provenance": cell.provenance.to_json(),
+                  "localizations": [dataclasses.asdict(loc) for loc in cell.localizations],
+                  "transfers": [dataclasses.asdict(t) for t in cell.transfers], "traceback": cell.traceback}
+        click.echo(json.dumps(json_safe(record), indent=2, default=str))
+        return
     a = cell.axes
     console.print(f"[bold]cell {escape(cell.cell_id)}[/] {escape(a.dataset)} / {escape(a.backbone)} / "
                   f"{escape(a.head)} / seed {a.seed}: {cell.status}", highlight=False)
     if cell.error:
         console.print(f"[red]failed:[/] {escape(cell.error)}", highlight=False)
-    console.print_json(json.dumps(json_safe({"config": cell.config, "metrics": cell.metrics,
-                                             "provenance": cell.provenance.to_json()}), default=str))
+    console.print(_settings_table(cell))
+    per_class = _class_metrics_table(cell)
+    if per_class is not None:
+        console.print(per_class)
     history = _history_table(cell.info)
     if history is not None:
         console.print(history)
@@ -774,6 +789,75 @@ def show(results_dir: Path, cell_id: str) -> None:
     if cell.traceback:
         console.print("[red]traceback:[/]")
         console.print(cell.traceback, highlight=False, markup=False)
+
+
+def _compact(values: Any) -> str:
+    """``{a: 1, b: {c: 2}}`` as ``a=1, b.c=2`` (a settings block on one line)."""
+    from .reporting.htmltable import flatten
+
+    if not isinstance(values, dict):
+        return str(values)
+    return ", ".join(f"{k}={v}" for k, v in flatten(values).items()) or "(defaults)"
+
+
+def _settings_table(cell: Any) -> Table:
+    """What produced the cell: each component with its options, the train and evaluation settings, the environment."""
+    config, provenance = cell.config or {}, cell.provenance.to_json()
+    table = Table(title="configuration", title_justify="left", header_style="bold", show_header=False)
+    table.add_column("setting", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for kind in ("dataset", "backbone", "head"):
+        entry = config.get(kind) or {}
+        if entry:
+            table.add_row(kind, escape(f"{entry.get('name', '?')}  {_compact(entry.get('options') or {})}"))
+    table.add_row("seed", str(config.get("seed", cell.axes.seed)))
+    for key in ("train", "evaluation"):
+        values = provenance.get(key) or config.get(key)
+        if values:
+            table.add_row(key, escape(_compact(values)))
+    environment = provenance.get("environment")
+    if environment:
+        table.add_row("environment", escape(_compact(environment)))
+    if config.get("data_fingerprint"):
+        table.add_row("data", escape(str(config["data_fingerprint"]).rsplit(":", 1)[-1]))
+    return table
+
+
+CLASS_METRIC_KEYS = ("auroc", "threshold", "sensitivity", "specificity", "precision", "f1")
+"""Per-class metrics ``show`` lists, in order (docs/metrics.md defines each; thresholds by the cutoff rule)."""
+
+
+def _class_metrics_table(cell: Any) -> Table | None:
+    """Per class (and their mean): AUROC with its interval, the operating threshold and what it gives."""
+    from . import catalogue
+    from .reporting.columns import fmt
+
+    metrics = cell.metrics or {}
+    classes = list(dict.fromkeys(k.split("/", 1)[1] for k in metrics if k.startswith("auroc/")))
+    if not classes:
+        return None
+    level = (cell.provenance.to_json().get("evaluation") or {}).get("ci", 0.95)
+    cutoff = cell.provenance.to_json().get("cutoff") or "youden"
+    table = Table(title=f"classification (test split; threshold by {cutoff})", title_justify="left",
+                  header_style="bold")
+    table.add_column("class")
+    for key in CLASS_METRIC_KEYS:
+        summary = "auroc_mean" if key == "auroc" else f"{key}_mean"
+        table.add_column(catalogue.label(summary) if catalogue.lookup(summary) is not None else key, justify="right")
+        if key == "auroc":
+            table.add_column(f"{100 * float(level):g}% CI", justify="left")
+
+    def interval(low: Any, high: Any) -> str:
+        return "-" if low is None or high is None else f"{fmt(low)}-{fmt(high)}"
+
+    table.add_row("[bold]mean[/]", fmt(metrics.get("auroc_mean")),
+                  interval(metrics.get("auroc_ci_low"), metrics.get("auroc_ci_high")), "",
+                  *[fmt(metrics.get(f"{k}_mean")) for k in CLASS_METRIC_KEYS[2:]], end_section=True)
+    for name in classes:
+        table.add_row(escape(name), fmt(metrics.get(f"auroc/{name}")),
+                      interval(metrics.get(f"auroc_ci_low/{name}"), metrics.get(f"auroc_ci_high/{name}")),
+                      *[fmt(metrics.get(f"{k}/{name}")) for k in CLASS_METRIC_KEYS[1:]])
+    return table
 
 
 def _history_table(info: Any) -> Table | None:

@@ -462,7 +462,7 @@ def test_item13_a_read_only_results_folder_opens_for_reading(run_cli, tmp_path, 
         ["run", "--grid", str(grid), "--results", str(results), "--no-progress"],
     ])
     assert board["code"] == 0 and cell.cell_id in board["output"], board  # before: "not a cxrbench results database"
-    assert show["code"] == 0 and "auroc_mean" in show["output"], show
+    assert show["code"] == 0 and "classification (test split" in show["output"], show
     assert dry["code"] == 0 and "done (ok)" in dry["output"], dry
     assert run["code"] == 4 and "is read-only: results cannot be recorded there" in run["output"], run
     assert run["output"].count("\n") == 1, run  # one line

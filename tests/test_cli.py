@@ -208,6 +208,18 @@ def test_show_prints_the_training_history_and_each_localizers_scores_and_failure
     assert f"training: {epochs} epochs, kept epoch {cell.info['best_epoch']}" in out and "kept" in out
     assert "val AUROC" in out and "MaxBoxAccV2" in out
     assert "failed: " in out and "nowhere" in out  # the failed localizer's one-line reason
+    # the configuration as settings, and every class with its interval and operating point
+    assert "configuration" in out and f"epochs={epochs}" in out and "torch=" in out
+    flat = " ".join(out.split())
+    for name in cell.info["classes"]:
+        m = cell.metrics
+        assert (f"{name} │ {m[f'auroc/{name}']:.3f} │ {m[f'auroc_ci_low/{name}']:.3f}-"
+                f"{m[f'auroc_ci_high/{name}']:.3f} │ {m[f'threshold/{name}']:.3f}") in flat
+    record = json.loads(run_cli("show", cell.cell_id[:6], "--results", tmp_path / "r", "--json").output)
+    assert record["cell_id"] == cell.cell_id and record["metrics"]["auroc_mean"] == pytest.approx(
+        cell.metrics["auroc_mean"])
+    assert [loc["name"] for loc in record["localizations"]] == ["cam", "gradcam"]
+    assert record["info"]["best_epoch"] == cell.info["best_epoch"]
 
 
 def test_dry_run_after_adding_a_localizer_says_nothing_retrains(run_cli, tmp_path, tiny_grid_dict):
