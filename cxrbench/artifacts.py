@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 DB_NAME = "cxrbench.sqlite"
+TRANSFERS_FOLDER = "transfers"
+"""``cells/<cell>/transfers/<key>.npz``: the cell's scores of each ``evaluate_on:`` target's test split."""
 """The results database inside a results directory."""
 
 CELLS_FOLDER = "cells"
@@ -64,6 +66,14 @@ class CellArtifacts:
     def covariates(self) -> Path:
         """Per-image covariates of the scored splits, for subgroups (:mod:`cxrbench.covariates`)."""
         return self.folder / "covariates.npz"
+
+    def transfer_scores(self, key: str) -> Path:
+        """A cross-dataset evaluation's scores on its target's test split (``evaluate_on:``)."""
+        return self.folder / TRANSFERS_FOLDER / f"{key}.npz"
+
+    def transfer_covariates(self, key: str) -> Path:
+        """The covariates of the images a cross-dataset evaluation scored (role ``test``)."""
+        return self.folder / TRANSFERS_FOLDER / f"{key}.covariates.npz"
 
     def overlays(self, localizer: str) -> Path:
         """Folder of the overlay PNGs of one localizer."""

@@ -483,7 +483,7 @@ def leaderboard(results_dir: Path, grid_name: str | None, fmt: str, output: Path
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if by is not None:
-        _subgroups(shown, results_dir, by, fmt, output, bool(group_by))
+        _subgroups([*shown, *transfers], results_dir, by, fmt, output, bool(group_by))  # external sets too
         return
     # the best cell is compared with the runner-up even when --top hides the runner-up
     sig = reporting.significance(ungrouped, results_dir) if fmt == "table" and significance and not group_by \

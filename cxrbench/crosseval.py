@@ -57,8 +57,6 @@ TRANSFER_PROTOCOL = 2
 2: the overlap audit (:mod:`cxrbench.overlap`) leaves the source's training images out.
 """
 
-TRANSFERS_FOLDER = "transfers"
-"""``cells/<cell>/transfers/<key>.npz``: the cell's scores of each target's test split."""
 
 
 def target_config(target: ComponentSpec) -> dict[str, Any]:
@@ -290,7 +288,8 @@ def _load(run: Any, dataset: Any, name: str) -> Any:
 
 
 def _transfer(run: Any, model: Any, transfer: TransferTask) -> TransferResult:
-    from .artifacts import save_npz_atomic
+    from .artifacts import CellArtifacts, save_npz_atomic
+    from .covariates import save_covariates
     from .events import Progress
     from .metrics import classification_metrics
     from .pipeline import open_dataset
@@ -326,9 +325,13 @@ def _transfer(run: Any, model: Any, transfer: TransferTask) -> TransferResult:
     metrics = classification_metrics(labels, mapped, names, groups=patients, n_boot=evaluation.bootstrap,
                                      seed=evaluation.bootstrap_seed, ci=evaluation.ci)
     metrics = {**metrics, "overlap_excluded": float(overlap.count)}
-    save_npz_atomic(Path(run.task.cell_dir) / TRANSFERS_FOLDER / f"{transfer.key}.npz",
+    artifacts = CellArtifacts(Path(run.task.cell_dir))
+    save_npz_atomic(artifacts.transfer_scores(transfer.key),
                     ids=np.asarray(test.split.ids, dtype=str), patient_ids=patients, labels=labels,
                     scores=mapped.astype(np.float32), classes=np.asarray(names, dtype=str))
+    # for 'leaderboard --by' on the target's images (external validation per subgroup)
+    save_covariates(artifacts.transfer_covariates(transfer.key), "test", "test", test.split.ids,
+                    test.split.covariates)
     settings: dict[str, Any] = {
         "source": transfer.source, "split": "test", "images": len(test), "input_size": run.size,
         "matches": [m.to_json() for m in matches], "source_classes": list(run.classes),

@@ -253,6 +253,30 @@ def test_latex_html_and_report_give_transfers_a_table_of_their_own(pm, registry,
     assert "href='#cross-dataset'" in page  # in the table of contents
 
 
+def test_subgroups_of_a_cross_dataset_evaluation_are_scored_on_the_target_images(pm, registry, tmp_path):
+    target = {"name": "toy_renamed", "options": {"num_images": 160, "image_size": 32, "seed": 1,
+                                                 "classes": ["blob", "Stripe"]}}
+    results = tmp_path / "r"
+    with ResultsStore(results) as store:
+        run_grid(parse_grid(grid_dict(target), registry), pm, store)
+        (cell,) = store.cells("xds")
+        (transfer,) = cell.transfers
+        saved = np.load(store.cell_dir(cell.cell_id) / "transfers" / f"{transfer.key}.npz")
+    with cli_with(pm) as invoke:
+        out = invoke("leaderboard", "--results", results, "--by", "sex", "--format", "json")
+        table = invoke("leaderboard", "--results", results, "--by", "sex")
+    records = json.loads(out.output)
+    external = [r for r in records if r["dataset"] == "toy -> toy_renamed" and r["kind"] == "subgroup"]
+    assert [r["group"] for r in external] == ["F", "M"] and all(r["localizer"] is None for r in external)
+    female = np.asarray([(int(i[3:]) // 2) % 2 == 0 for i in saved["ids"]])  # the toy's covariate rule
+    assert external[0]["n_images"] == female.sum()
+    expected = roc_auc_score(saved["labels"][female, 0], saved["scores"][female, 0])
+    assert external[0]["metrics"]["auroc/blob"] == pytest.approx(expected, abs=1e-6)
+    assert any(r["kind"] == "gap" and r["dataset"] == "toy -> toy_renamed" for r in records)
+    assert any(r["dataset"] == "toy" for r in records)  # the cell's own subgroups too
+    assert "toy -> toy_renamed" in table.output
+
+
 def test_merged_class_scored_by_the_parts_maximum(pm, registry, tmp_path):
     source = {"name": "toy_renamed", "options": {"num_images": 48, "image_size": 32, "classes": ["Nodule", "Mass"]}}
     merged = {"name": "toy_merged", "options": {"num_images": 32, "image_size": 32, "seed": 2}}

@@ -176,7 +176,8 @@ def test_cross_dataset_rows_have_their_own_table(page, report):
 def test_subgroup_tables_are_drawn_in_the_window(page):
     rows = page.evaluate(f"{ROWS}('subgroups-classification-sex')")
     groups = [r[4]["text"] for r in rows if r[4]["text"] != "gap"]  # (a gap where both groups can be scored)
-    assert groups == ["F", "M", "F", "M"]  # two seeds
+    assert groups == ["F", "M"] * 4  # two seeds, on the cells' own test split and on the evaluate_on target
+    assert [r[0]["text"] for r in rows if r[0]["text"]] == ["toy", "toy", "toy -> toy-b", "toy -> toy-b"]
     assert page.evaluate("document.getElementById('subgroups-localization-sex_view') !== null")
 
 

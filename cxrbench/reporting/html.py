@@ -725,16 +725,19 @@ def _failures_section(cells: Sequence[Any]) -> str:
             f"{table(columns, body, table_id='failures-table')}</section>")
 
 
-def _subgroup_section(rows: Sequence[LeaderboardRow], root: Path, groupings: Sequence[Any]) -> str:
+def _subgroup_section(rows: Sequence[LeaderboardRow], cells: Sequence[Any], root: Path,
+                      groupings: Sequence[Any]) -> str:
     """``report --by``: per cell, each group's AUROC and localization with intervals, and the best-worst gap."""
     from .rows import ranked
     from .subgroup_tables import subgroup_grids, subgroup_report
+    from .transfers import transfer_rows
 
     if not groupings:
         return ""
-    leaderboard = ranked([r for r in rows if r.kind == "cell"])
+    leaderboard = [*ranked([r for r in rows if r.kind == "cell"]), *transfer_rows(cells)]
     parts = ["<section id='subgroups'><h2>Subgroups</h2>",
-             "<p class='note'>each cell's scored images split by a covariate: AUROC on the test split and "
+             "<p class='note'>each cell's scored images (and each cross-dataset evaluation's target images) split by a "
+             "covariate: AUROC on the test split and "
              "localization on the boxed split per group, with intervals from the cell's own patient resamples; "
              "gap: the best minus the worst known group, with its paired-bootstrap interval; a class with fewer "
              "than 5 positives or negatives in a group is '-' (docs/metrics.md, 'Subgroups').</p>"]
@@ -786,7 +789,7 @@ def build_report(store: Any, registry: Any, grid_name: str, *, roc_cells: int = 
         _classification_section(rows, cls_groups, store.root),
         _localization_section(loc_groups, rows),
         _transfer_section(stored),
-        _subgroup_section(rows, store.root, by),
+        _subgroup_section(rows, stored, store.root, by),
         _tradeoff_section(cls_groups, loc_groups),
         _training_section(cls_groups),
         _roc_section(store, ranked, roc_cells),

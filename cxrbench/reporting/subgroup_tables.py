@@ -174,7 +174,7 @@ def _load_pairs(path: Path) -> dict[str, np.ndarray] | None:
 
 def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
                     grouping: Grouping | Intersection) -> SubgroupReport:
-    """Score every ok cell of ``rows`` (and its ok localizers) by ``grouping``.
+    """Score every ok cell of ``rows`` (and its ok localizers and cross-dataset evaluations) by ``grouping``.
 
     Args:
         rows: ranked leaderboard rows (one per cell x localizer).
@@ -232,8 +232,12 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
                                            pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
                                            ci=ci)
             records += _records(row, grouping, located.split, scores, loc.localizer)
+    no_transfer = _transfer_records(rows, root, grouping, records)
     wanted = "' + '".join(grouping.columns)
     notes = []
+    if no_transfer:
+        notes.append(f"{len(no_transfer)} cross-dataset evaluation(s) without saved covariates '{wanted}' (scored "
+                     f"before cxrbench saved them, or the target has no such covariate): {', '.join(no_transfer)}")
     if no_file:
         notes.append(f"{len(no_file)} cell(s) without covariates (run before cxrbench saved them; --force retrains "
                      f"them): {', '.join(no_file)}")
@@ -246,6 +250,37 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
         notes.append(f"{len(no_loc)} localizer(s) without per-pair scores or localization covariates with "
                      f"'{wanted}': {', '.join(no_loc)}")
     return SubgroupReport(grouping, tuple(records), tuple(notes))
+
+
+def _transfer_records(rows: Sequence[LeaderboardRow], root: Path, grouping: Grouping | Intersection,
+                      records: list[SubgroupRecord]) -> list[str]:
+    """Append the subgroups of each ok cross-dataset evaluation (classification only); return those left out.
+
+    A transfer row's scores and covariates are the ones it saved
+    (``transfers/<key>.npz`` and ``<key>.covariates.npz``: the target's test images left
+    after the overlap audit); the resamples are its own (the cell's evaluation settings).
+    """
+    seen: set[tuple[str, str]] = set()
+    left_out: list[str] = []
+    for row in rows:
+        key = (row.provenance or {}).get("transfer_key") if row.kind == "transfer" and row.status == "ok" else None
+        if not key or (row.cell_id, key) in seen:
+            continue
+        seen.add((row.cell_id, key))
+        artifacts = CellArtifacts.of(root, row.cell_id)
+        saved = load_covariates(artifacts.transfer_covariates(key))
+        predictions = load_predictions(artifacts.transfer_scores(key))
+        test = saved.get("test") if saved else None
+        grouped = _grouped(test, grouping, predictions.ids) if test is not None and predictions is not None else None
+        if grouped is None:
+            left_out.append(f"{row.cell_id} ({row.dataset})")
+            continue
+        groups, order = grouped
+        n_boot, seed, ci = _evaluation(row)
+        scores = subgroup_auroc(predictions.labels, predictions.scores, predictions.patient_ids, groups, order,
+                                predictions.classes, n_boot=n_boot, seed=seed, ci=ci)
+        records += _records(row, grouping, "test", scores, None)
+    return left_out
 
 
 # --------------------------------------------------------------------------- output
@@ -333,8 +368,9 @@ def classification_subgroup_grid(report: SubgroupReport, rows: Sequence[Leaderbo
     numeric = tuple(c in ("seed", "images", "patients") or i >= 7 and i != 8 for i, c in enumerate(header))
     body, gaps, previous = [], set(), None
     for r in records:
-        axes = [r.dataset, r.backbone, r.head, str(r.seed)] if r.cell_id != previous else ["", "", "", ""]
-        previous = r.cell_id
+        here = (r.cell_id, r.dataset)  # a cell, or one of its cross-dataset evaluations ("nih -> vindr")
+        axes = [r.dataset, r.backbone, r.head, str(r.seed)] if here != previous else ["", "", "", ""]
+        previous = here
         if r.kind == "gap":
             value, ci = _gap_text(r)
             gaps.add(len(body))
