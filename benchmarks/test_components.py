@@ -222,7 +222,7 @@ def boxed_run(bench_settings) -> LocalizationRun:
 @pytest.mark.benchmark(group="metrics")
 def test_metrics_localization(benchmark, boxed_run, bench_settings, bench_figures):
     names = [f"C{k}" for k in range(8)]
-    out = benchmark.pedantic(score, args=(boxed_run, ThresholdPolicy(), names, 0.0), rounds=3, iterations=1)
+    out, _ = benchmark.pedantic(score, args=(boxed_run, ThresholdPolicy(), names, 0.0), rounds=3, iterations=1)
     assert out["n_pairs"] == NIH_BOXED_PAIRS and 0 <= out["iou_mean"] <= 1
     benchmark.extra_info.update(pairs=NIH_BOXED_PAIRS, map_size=bench_settings.size)
     stats = getattr(benchmark, "stats", None)
