@@ -72,8 +72,12 @@ class CellArtifacts:
         return self.folder / TRANSFERS_FOLDER / f"{key}.npz"
 
     def transfer_covariates(self, key: str) -> Path:
-        """The covariates of the images a cross-dataset evaluation scored (role ``test``)."""
+        """The covariates of the images a cross-dataset evaluation scored (roles ``test`` and ``localization``)."""
         return self.folder / TRANSFERS_FOLDER / f"{key}.covariates.npz"
+
+    def transfer_pair_scores(self, key: str, localizer_key: str) -> Path:
+        """Per-pair localization scores of one localizer on a cross-dataset evaluation's target."""
+        return self.folder / TRANSFERS_FOLDER / f"{key}.pairs" / f"{localizer_key}.npz"
 
     def overlays(self, localizer: str) -> Path:
         """Folder of the overlay PNGs of one localizer."""

@@ -371,6 +371,8 @@ def _localize(run: Any, model: Any, target: Any, transfer: TransferTask, matches
 
     Returns [] where the split has no boxes or masks of shared classes.
     """
+    from .artifacts import CellArtifacts
+    from .covariates import save_covariates
     from .events import Progress
     from .localization import evaluate, resolve_policy
     from .pipeline import _channels_last
@@ -386,6 +388,10 @@ def _localize(run: Any, model: Any, target: Any, transfer: TransferTask, matches
     names = [m.target_name for m in matches]
     masks = dataclasses.replace(spec.masks, tune=False, gate=False) if spec.masks is not None else None
     evaluation = run.task.evaluation
+    artifacts = CellArtifacts(Path(run.task.cell_dir))
+    # the scored images' covariates and each localizer's per-pair scores: 'leaderboard --by' on the target
+    save_covariates(artifacts.transfer_covariates(transfer.key), "localization", spec.split, view.split.ids,
+                    view.split.covariates)
     out = []
     for lt in transfer.localizers:
         try:
@@ -402,7 +408,8 @@ def _localize(run: Any, model: Any, target: Any, transfer: TransferTask, matches
                 device=run.device, hit_tolerance=spec.hit_tolerance, max_images=spec.max_images,
                 box_thresholds=spec.box_thresholds, n_boot=evaluation.bootstrap, boot_seed=evaluation.bootstrap_seed,
                 ci=evaluation.ci, masks=masks, autocast_dtype=run.dtype,
-                channels_last=_channels_last(run.task.train, run.device))
+                channels_last=_channels_last(run.task.train, run.device),
+                pair_scores_path=artifacts.transfer_pair_scores(transfer.key, lt.key))
             settings = {**settings, "options": options_to_dict(lt.spec.options), "split": spec.split,
                         "hit_tolerance": spec.hit_tolerance, "box_thresholds": spec.box_thresholds,
                         "max_images": spec.max_images, "tuned": False}

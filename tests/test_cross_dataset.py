@@ -266,8 +266,9 @@ def test_subgroups_of_a_cross_dataset_evaluation_are_scored_on_the_target_images
         out = invoke("leaderboard", "--results", results, "--by", "sex", "--format", "json")
         table = invoke("leaderboard", "--results", results, "--by", "sex")
     records = json.loads(out.output)
-    external = [r for r in records if r["dataset"] == "toy -> toy_renamed" and r["kind"] == "subgroup"]
-    assert [r["group"] for r in external] == ["F", "M"] and all(r["localizer"] is None for r in external)
+    external = [r for r in records if r["dataset"] == "toy -> toy_renamed" and r["kind"] == "subgroup"
+                and r["localizer"] is None]
+    assert [r["group"] for r in external] == ["F", "M"]
     female = np.asarray([(int(i[3:]) // 2) % 2 == 0 for i in saved["ids"]])  # the toy's covariate rule
     assert external[0]["n_images"] == female.sum()
     expected = roc_auc_score(saved["labels"][female, 0], saved["scores"][female, 0])
@@ -275,6 +276,14 @@ def test_subgroups_of_a_cross_dataset_evaluation_are_scored_on_the_target_images
     assert any(r["kind"] == "gap" and r["dataset"] == "toy -> toy_renamed" for r in records)
     assert any(r["dataset"] == "toy" for r in records)  # the cell's own subgroups too
     assert "toy -> toy_renamed" in table.output
+    located = [r for r in records if r["dataset"] == "toy -> toy_renamed" and r["localizer"] == "cam"
+               and r["kind"] == "subgroup"]
+    assert [r["group"] for r in located] == ["F", "M"] and r"boxes" in located[0]["split"]
+    pairs = np.load(results / "cells" / cell.cell_id / "transfers" / f"{transfer.key}.pairs" /
+                    f"{transfer.localizations[0].key}.npz")
+    female_pairs = np.asarray([(int(i[3:]) // 2) % 2 == 0 for i in pairs["ids"]])
+    assert located[0]["n_pairs"] == female_pairs.sum()
+    assert located[0]["metrics"]["iou_mean"] == pytest.approx(pairs["best_iou"][female_pairs].mean(), abs=1e-6)
 
 
 def test_merged_class_scored_by_the_parts_maximum(pm, registry, tmp_path):

@@ -254,32 +254,46 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
 
 def _transfer_records(rows: Sequence[LeaderboardRow], root: Path, grouping: Grouping | Intersection,
                       records: list[SubgroupRecord]) -> list[str]:
-    """Append the subgroups of each ok cross-dataset evaluation (classification only); return those left out.
+    """Append the subgroups of each ok cross-dataset evaluation and its ok localizers; return those left out.
 
-    A transfer row's scores and covariates are the ones it saved
-    (``transfers/<key>.npz`` and ``<key>.covariates.npz``: the target's test images left
-    after the overlap audit); the resamples are its own (the cell's evaluation settings).
+    A transfer's scores, per-pair localization scores and covariates are the ones it saved
+    (``transfers/<key>.npz``, ``<key>.pairs/<localizer>.npz``, ``<key>.covariates.npz``:
+    the target's images left after the overlap audit); the resamples are its own (the
+    cell's evaluation settings).
     """
     seen: set[tuple[str, str]] = set()
     left_out: list[str] = []
     for row in rows:
         key = (row.provenance or {}).get("transfer_key") if row.kind == "transfer" and row.status == "ok" else None
-        if not key or (row.cell_id, key) in seen:
+        if not key:
             continue
-        seen.add((row.cell_id, key))
         artifacts = CellArtifacts.of(root, row.cell_id)
-        saved = load_covariates(artifacts.transfer_covariates(key))
-        predictions = load_predictions(artifacts.transfer_scores(key))
-        test = saved.get("test") if saved else None
-        grouped = _grouped(test, grouping, predictions.ids) if test is not None and predictions is not None else None
+        saved = load_covariates(artifacts.transfer_covariates(key)) or {}
+        n_boot, seed, ci = _evaluation(row)
+        if (row.cell_id, key) not in seen:  # classification: once per evaluation, whatever its localizers
+            seen.add((row.cell_id, key))
+            predictions = load_predictions(artifacts.transfer_scores(key))
+            grouped = _grouped(saved.get("test"), grouping, predictions.ids) if predictions is not None else None
+            if grouped is None:
+                left_out.append(f"{row.cell_id} ({row.dataset})")
+            else:
+                groups, order = grouped
+                scores = subgroup_auroc(predictions.labels, predictions.scores, predictions.patient_ids, groups,
+                                        order, predictions.classes, n_boot=n_boot, seed=seed, ci=ci)
+                records += _records(row, grouping, "test", scores, None)
+        if not row.localizer or row.localizer_status != "ok" or not row.localizer_key:
+            continue
+        pairs = _load_pairs(artifacts.transfer_pair_scores(key, row.localizer_key))
+        located = saved.get("localization")
+        grouped = _grouped(located, grouping, pairs["ids"]) if pairs else None
         if grouped is None:
-            left_out.append(f"{row.cell_id} ({row.dataset})")
+            left_out.append(f"{row.cell_id} ({row.dataset}, {row.localizer})")
             continue
         groups, order = grouped
-        n_boot, seed, ci = _evaluation(row)
-        scores = subgroup_auroc(predictions.labels, predictions.scores, predictions.patient_ids, groups, order,
-                                predictions.classes, n_boot=n_boot, seed=seed, ci=ci)
-        records += _records(row, grouping, "test", scores, None)
+        scores = subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
+                                       pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
+                                       ci=ci)
+        records += _records(row, grouping, located.split, scores, row.localizer)
     return left_out
 
 
@@ -393,12 +407,13 @@ def localization_subgroup_grid(report: SubgroupReport, rows: Sequence[Leaderboar
     numeric = tuple(i in (3, 6, 7, 8) or (i > 8 and (i - 9) % 2 == 0) for i in range(len(header)))
     body, gaps, cells, previous = [], set(), [], None
     for r in records:
-        here = (r.cell_id, r.localizer)
+        here = (r.cell_id, r.dataset, r.localizer)  # a cell's localizer, or one on a cross-dataset target
         axes = [r.dataset, r.backbone, r.head, str(r.seed), r.localizer or ""] if here != previous \
             else ["", "", "", "", ""]
         previous = here
         if r.kind == "gap":
-            gap_records = {g.metric: g for g in records if g.kind == "gap" and (g.cell_id, g.localizer) == here}
+            gap_records = {g.metric: g for g in records
+                           if g.kind == "gap" and (g.cell_id, g.dataset, g.localizer) == here}
             if r is not next(iter(gap_records.values())):
                 continue  # one gap row per (cell, localizer), every metric's gap in its column
             values = [text for key in LOCALIZATION_KEYS
