@@ -222,15 +222,11 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
                 records += _records(row, grouping, test.split, scores, None)
         located = saved.get("localization")
         for loc in (r for r in cells if r.cell_id == row.cell_id and r.localizer_status == "ok" and r.localizer_key):
-            pairs = _load_pairs(artifacts.pair_scores(loc.localizer_key))
-            grouped = _grouped(located, grouping, pairs["ids"]) if pairs else None
-            if grouped is None:
+            scores = _localization_groups(artifacts.pair_scores(loc.localizer_key), located, grouping,
+                                          n_boot, seed, ci)
+            if scores is None:
                 no_loc.append(f"{row.cell_id}/{loc.localizer}")
                 continue
-            groups, order = grouped
-            scores = subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
-                                           pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
-                                           ci=ci)
             records += _records(row, grouping, located.split, scores, loc.localizer)
     no_transfer = _transfer_records(rows, root, grouping, records)
     wanted = "' + '".join(grouping.columns)
@@ -250,6 +246,18 @@ def subgroup_report(rows: Sequence[LeaderboardRow], results_root: str | Path,
         notes.append(f"{len(no_loc)} localizer(s) without per-pair scores or localization covariates with "
                      f"'{wanted}': {', '.join(no_loc)}")
     return SubgroupReport(grouping, tuple(records), tuple(notes))
+
+
+def _localization_groups(path: Path, located: SavedCovariates | None, grouping: Grouping | Intersection,
+                         n_boot: int, seed: int, ci: float) -> SubgroupScores | None:
+    """One localizer's per-pair scores (``path``) split by ``grouping``; None without them or the covariates."""
+    pairs = _load_pairs(path)
+    grouped = _grouped(located, grouping, pairs["ids"]) if pairs else None
+    if grouped is None:
+        return None
+    groups, order = grouped
+    return subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
+                                 pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed, ci=ci)
 
 
 def _transfer_records(rows: Sequence[LeaderboardRow], root: Path, grouping: Grouping | Intersection,
@@ -283,16 +291,12 @@ def _transfer_records(rows: Sequence[LeaderboardRow], root: Path, grouping: Grou
                 records += _records(row, grouping, "test", scores, None)
         if not row.localizer or row.localizer_status != "ok" or not row.localizer_key:
             continue
-        pairs = _load_pairs(artifacts.transfer_pair_scores(key, row.localizer_key))
         located = saved.get("localization")
-        grouped = _grouped(located, grouping, pairs["ids"]) if pairs else None
-        if grouped is None:
+        scores = _localization_groups(artifacts.transfer_pair_scores(key, row.localizer_key), located, grouping,
+                                      n_boot, seed, ci)
+        if scores is None:
             left_out.append(f"{row.cell_id} ({row.dataset}, {row.localizer})")
             continue
-        groups, order = grouped
-        scores = subgroup_localization(pairs["patients"], pairs["best_iou"], pairs["hits"], pairs["correct"],
-                                       pairs["classes"], groups, pairs["ids"], order, n_boot=n_boot, seed=seed,
-                                       ci=ci)
         records += _records(row, grouping, located.split, scores, row.localizer)
     return left_out
 
